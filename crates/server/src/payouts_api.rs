@@ -1,0 +1,153 @@
+//! `POST /v1/payouts` and `GET /v1/payouts/{id}`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use payoutd_store::PayoutRow;
+use payoutd_store::payouts::{self, Enqueue, EnqueueResult, Event};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::{Authenticated, SCOPE_CREATE, SCOPE_READ};
+use crate::error::ApiError;
+use crate::{AppState, request};
+
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = auth.require(SCOPE_CREATE)?;
+    let names = state.connectors.names();
+    let payout = request::parse(&body, &names)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => format!("external_id:{}", payout.external_id),
+        Some(v) => {
+            let key = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+                return Err(ApiError::BadRequest(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+                )));
+            }
+            format!("key:{key}")
+        }
+    };
+    let traceparent =
+        headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|t| valid_traceparent(t));
+    let connector = state.connectors.get(&payout.provider).ok_or(ApiError::NotFound)?;
+    let account = connector.account();
+    let hash = request::canonical_hash(&payout);
+    let result = payouts::enqueue(
+        &state.pool,
+        &Enqueue {
+            client_id: &caller.client_id,
+            idempotency_key: &idempotency_key,
+            request_hash: &hash,
+            account: &account,
+            payout: &payout,
+            traceparent,
+        },
+    )
+    .await?;
+    match result {
+        EnqueueResult::Created(row) => {
+            Ok((StatusCode::CREATED, Json(payout_json(&row, None))).into_response())
+        }
+        EnqueueResult::Replayed(row) => {
+            let mut response = (StatusCode::OK, Json(payout_json(&row, None))).into_response();
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        EnqueueResult::Conflict { existing_id } => Err(ApiError::IdempotencyConflict { existing_id }),
+    }
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = auth.require(SCOPE_READ)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let row = payouts::get(&state.pool, id).await?.ok_or(ApiError::NotFound)?;
+    // A client sees only its own payouts; someone else's is indistinguishable from none.
+    if row.client_id != caller.client_id && !caller.has_scope("*") {
+        return Err(ApiError::NotFound);
+    }
+    let events = payouts::timeline(&state.pool, id).await?;
+    Ok(Json(payout_json(&row, Some(&events))))
+}
+
+/// W3C trace context: `00-<32 hex>-<16 hex>-<2 hex>`.
+fn valid_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, p)| p.len() == *len && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// The client's view of a payout. The account number is masked: the timeline is for support
+/// staff too.
+pub fn payout_json(row: &PayoutRow, events: Option<&[Event]>) -> Value {
+    let mut v = json!({
+        "id": row.id,
+        "external_id": row.external_id,
+        "state": row.state.as_str(),
+        "final": row.state.is_final(),
+        "amount": row.money.amount().to_string(),
+        "currency": row.money.currency().code(),
+        "provider": row.provider,
+        "account": row.account,
+        "provider_reference": row.provider_reference,
+        "destination": {
+            "destination": row.destination.destination,
+            "client": mask(&row.destination.client),
+            "receiver_name": row.destination.receiver_name,
+        },
+        "attempts": row.total_attempts,
+        "submit_attempts": row.submit_attempts,
+        "next_run_at": row.next_run_at,
+        "last_error": row.last_error,
+        "traceparent": row.traceparent,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "finalized_at": row.finalized_at,
+    });
+    if let Some(events) = events {
+        v["events"] = json!(events);
+    }
+    v
+}
+
+fn mask(account: &str) -> String {
+    let n = account.chars().count();
+    let tail: String = account.chars().skip(n.saturating_sub(4)).collect();
+    format!("{}{tail}", "*".repeat(n.saturating_sub(4)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_shape() {
+        assert!(valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent("00-xyz-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent(""));
+    }
+
+    #[test]
+    fn masking_keeps_the_last_four() {
+        assert_eq!(mask("1234567890"), "******7890");
+        assert_eq!(mask("12"), "12");
+    }
+}

@@ -1,0 +1,16 @@
+use payoutd_core::PayoutState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The fencing token no longer matches: another worker (or a callback) took the payout over.
+    #[error("lease lost: payout {0} was taken over; this worker may not write it")]
+    LeaseLost(uuid::Uuid),
+    #[error("illegal transition {from} -> {to}")]
+    IllegalTransition { from: PayoutState, to: PayoutState },
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}

@@ -1,0 +1,117 @@
+//! The queue: the payout row is the job. A claim takes due, unleased rows with
+//! `FOR UPDATE SKIP LOCKED`, stamps a lease (owner + expiry) and bumps the fencing token, and
+//! commits before any work starts. A crashed worker's rows become claimable when the lease
+//! expires; there is no separate "running" state to rescue.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::row::{RawPayoutRow, payout_columns};
+use crate::{PayoutRow, StoreError, WAKE_CHANNEL};
+
+/// Proof that this worker holds a payout: every engine write must present it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub payout_id: Uuid,
+    pub fencing_token: i64,
+    pub owner: String,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Claims up to `limit` due payouts for `owner`, each leased for `lease`.
+pub async fn claim_due(
+    pool: &PgPool,
+    owner: &str,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<(PayoutRow, Lease)>, StoreError> {
+    const CLAIM: &str = concat!(
+        "WITH due AS (
+             SELECT id FROM payouts
+              WHERE next_run_at <= now()
+                AND (lease_expires_at IS NULL OR lease_expires_at < now())
+              ORDER BY next_run_at
+              LIMIT $1
+              FOR UPDATE SKIP LOCKED
+         )
+         UPDATE payouts
+            SET lease_owner = $2,
+                lease_expires_at = now() + make_interval(secs => $3),
+                fencing_token = fencing_token + 1,
+                attempt = attempt + 1,
+                total_attempts = total_attempts + 1,
+                updated_at = now()
+          WHERE id IN (SELECT id FROM due)
+      RETURNING ",
+        payout_columns!()
+    );
+    let rows: Vec<RawPayoutRow> =
+        sqlx::query_as(CLAIM).bind(limit).bind(owner).bind(secs(lease)).fetch_all(pool).await?;
+    rows.into_iter()
+        .map(|raw| {
+            let row = PayoutRow::try_from(raw)?;
+            let lease =
+                Lease { payout_id: row.id, fencing_token: row.fencing_token, owner: owner.to_owned() };
+            Ok((row, lease))
+        })
+        .collect()
+}
+
+/// Extends a lease during a long step. Fails with [`StoreError::LeaseLost`] when the lease
+/// was taken over, which tells the step to stop writing.
+pub async fn heartbeat(pool: &PgPool, lease: &Lease, extend: Duration) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE payouts SET lease_expires_at = now() + make_interval(secs => $3)
+          WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL",
+    )
+    .bind(lease.payout_id)
+    .bind(lease.fencing_token)
+    .bind(secs(extend))
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::LeaseLost(lease.payout_id)) }
+}
+
+/// Gives a payout back without changing its state (graceful shutdown between steps): it is
+/// claimable again at once, by any worker. The attempt the claim counted is given back too.
+pub async fn release(pool: &PgPool, lease: &Lease) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE payouts SET lease_owner = NULL, lease_expires_at = NULL,
+                attempt = GREATEST(attempt - 1, 0), updated_at = now()
+          WHERE id = $1 AND fencing_token = $2",
+    )
+    .bind(lease.payout_id)
+    .bind(lease.fencing_token)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 1 {
+        notify_wake(pool).await
+    } else {
+        Err(StoreError::LeaseLost(lease.payout_id))
+    }
+}
+
+/// When the next unleased payout becomes due, so an idle worker can sleep exactly that long.
+/// (Expiring leases are found by the engine's fallback poll.)
+pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT next_run_at FROM payouts
+          WHERE next_run_at IS NOT NULL AND lease_expires_at IS NULL
+          ORDER BY next_run_at LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(at)
+}
+
+/// Wakes every listening worker.
+pub async fn notify_wake(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Aggregate figures over all payouts: the demo's closing summary and operators' overview.
+
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub total: i64,
+    pub paid: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub needs_review: i64,
+    pub open: i64,
+    /// Step attempts beyond the first of each step.
+    pub retries: i64,
+    /// Payouts that went through in_doubt and came out with the provider's answer.
+    pub in_doubt_resolved: i64,
+    pub duplicate_callbacks_ignored: i64,
+    pub unverifiable_callbacks: i64,
+    pub p50_seconds_to_final: Option<f64>,
+    pub p99_seconds_to_final: Option<f64>,
+}
+
+pub async fn summary(pool: &PgPool) -> Result<Summary, StoreError> {
+    let mut s = Summary::default();
+    let (total, paid, failed, cancelled, needs_review, open): (i64, i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*),
+                count(*) FILTER (WHERE state = 'paid'),
+                count(*) FILTER (WHERE state = 'failed'),
+                count(*) FILTER (WHERE state = 'cancelled'),
+                count(*) FILTER (WHERE state = 'needs_review'),
+                count(*) FILTER (WHERE next_run_at IS NOT NULL)
+           FROM payouts",
+        )
+        .fetch_one(pool)
+        .await?;
+    (s.total, s.paid, s.failed, s.cancelled, s.needs_review, s.open) =
+        (total, paid, failed, cancelled, needs_review, open);
+    s.retries = sqlx::query_scalar(
+        "SELECT count(*) FROM payout_events WHERE from_state = to_state AND reason LIKE 'retry%'",
+    )
+    .fetch_one(pool)
+    .await?;
+    s.in_doubt_resolved = sqlx::query_scalar(
+        "SELECT count(DISTINCT payout_id) FROM payout_events
+          WHERE from_state = 'in_doubt' AND to_state IN ('paid', 'failed', 'submitted')",
+    )
+    .fetch_one(pool)
+    .await?;
+    (s.duplicate_callbacks_ignored, s.unverifiable_callbacks) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE duplicate), count(*) FILTER (WHERE NOT verified) FROM provider_callbacks",
+    )
+    .fetch_one(pool)
+    .await?;
+    (s.p50_seconds_to_final, s.p99_seconds_to_final) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - created_at))::float8,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - created_at))::float8
+           FROM payouts WHERE finalized_at IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(s)
+}
