@@ -1,0 +1,17 @@
+//! The payoutd binary's library: CLI, configuration, the private Postgres, wiring, the demo.
+//!
+//! - [`cli`]: clap commands (serve, worker, migrate, token, show, sandbox, demo).
+//! - [`config`]: TOML file + environment.
+//! - [`local_postgres`]: a private Postgres cluster from the local binaries when no
+//!   DATABASE_URL is set.
+//! - [`database`]: picks DATABASE_URL or the private cluster, connects, migrates.
+//! - [`app`]: builds connectors and runs the API and worker until a signal.
+//! - [`demo`]: the end-to-end demonstration.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod database;
+pub mod demo;
+pub mod local_postgres;
+pub mod telemetry;
