@@ -107,14 +107,16 @@ pub enum LocalPostgresError {
     ServiceUser { user: &'static str, detail: String },
 
     #[error(
-        "PostgreSQL for {} does not accept connections on {}: {source}{}",
+        "PostgreSQL for {}{} does not accept connections on {}: {source}{}",
         .data_dir.display(),
+        .pid.map(|pid| format!(" (postmaster pid {pid})")).unwrap_or_default(),
         .socket_dir.display(),
         log_excerpt(Some(.log_file), .log_tail)
     )]
     NotAccepting {
         data_dir: PathBuf,
         socket_dir: PathBuf,
+        pid: Option<u32>,
         log_file: PathBuf,
         log_tail: String,
         #[source]
@@ -420,6 +422,7 @@ impl LocalPostgres {
         Err(LocalPostgresError::NotAccepting {
             data_dir: self.data_dir.clone(),
             socket_dir: self.socket_dir.clone(),
+            pid: read_pid(&self.data_dir.join("postmaster.pid")),
             log_file: self.log_file.clone(),
             log_tail: read_tail(&self.log_file),
             source: Box::new(last),
@@ -989,6 +992,23 @@ mod tests {
         assert!(validate_database_name(&"x".repeat(64)).is_err());
         assert!(socket_path_fits(Path::new("/tmp/payoutd-0-0123456789abcdef/run"), PORT));
         assert!(!socket_path_fits(&PathBuf::from(format!("/{}", "d".repeat(100))), PORT));
+    }
+
+    #[test]
+    fn su_fallback_passes_arguments_intact() {
+        let Some(su) = find_program("su").filter(|_| current_uid() == 0) else {
+            eprintln!("skipped: needs root and su");
+            return;
+        };
+        let (uid, gid) = match (service_user_id("-u"), service_user_id("-g")) {
+            (Ok(uid), Ok(gid)) => (uid, gid),
+            _ => return eprintln!("skipped: no postgres user"),
+        };
+        let runner = Runner::AsServiceUser { switch: Switch::Su(su), uid, gid };
+        let cmd = runner.command(Path::new("/bin/echo"), &[OsStr::new("a  b"), OsStr::new("it's")]);
+        let (_, output) = run_blocking(cmd).expect("run su");
+        assert!(output.status.success(), "{}", tail(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "a  b it's\n");
     }
 
     #[tokio::test]

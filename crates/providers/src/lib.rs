@@ -10,8 +10,8 @@ pub mod eightb_partner;
 pub mod http;
 pub mod registry;
 
-pub use registry::Connectors;
 pub use connector::{
-    BoxFuture, CallbackVerdict, CheckOutcome, Connector, FrozenRequest, PayoutForProvider,
-    ProviderError, ProviderStatus, SubmitOutcome, VerifiedCallback,
+    BoxFuture, CallbackVerdict, CheckOutcome, Connector, FrozenRequest, PayoutForProvider, ProviderError,
+    ProviderStatus, SubmitOutcome, VerifiedCallback,
 };
+pub use registry::Connectors;

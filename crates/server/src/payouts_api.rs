@@ -78,7 +78,7 @@ pub async fn show(
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let row = payouts::get(&state.pool, id).await?.ok_or(ApiError::NotFound)?;
     // A client sees only its own payouts; someone else's is indistinguishable from none.
-    if row.client_id != caller.client_id && !caller.has_scope("*") {
+    if row.client_id != caller.client_id {
         return Err(ApiError::NotFound);
     }
     let events = payouts::timeline(&state.pool, id).await?;

@@ -45,7 +45,10 @@ pub fn parse(body: &[u8], providers: &[&str]) -> Result<NewPayout, ApiError> {
         Ok(_) => Err(ApiError::Invalid(errors)),
         Err(more) => {
             // A field with the wrong JSON type was passed on as missing: report it once.
-            errors.extend(more.into_iter().filter(|e| !type_errors.contains(&e.field)));
+            // A missing `destination` object is reported once, not once per inner field.
+            errors.extend(more.into_iter().filter(|e| {
+                !type_errors.iter().any(|t| e.field == *t || e.field.starts_with(&format!("{t}.")))
+            }));
             Err(ApiError::Invalid(errors))
         }
     }

@@ -62,7 +62,8 @@ impl Transition {
 /// Applies `t` if `lease` still holds. Returns [`StoreError::LeaseLost`] otherwise, and
 /// [`StoreError::IllegalTransition`] for a move the state machine forbids (nothing is written).
 pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), StoreError> {
-    if t.from != t.to && !t.from.can_move_to(t.to) {
+    // A final state never changes, not even into itself (a "retry" of a final payout).
+    if t.from.is_final() || (t.from != t.to && !t.from.can_move_to(t.to)) {
         return Err(StoreError::IllegalTransition { from: t.from, to: t.to });
     }
     let final_state = t.to.is_final();
