@@ -1,5 +1,5 @@
 //! The crash test: 500 payouts with faults on, while worker processes are SIGKILLed at random
-//! moments (25 times) and restarted. Afterwards every payout is final and the sandbox ledger
+//! moments (30 times) and restarted. Afterwards every payout is final and the sandbox ledger
 //! shows each executed exactly once, agreeing with the database.
 //!
 //! The worker processes are this test binary run again with `--ignored --exact child_worker`:
@@ -59,9 +59,9 @@ async fn workers_killed_at_random_never_lose_or_double_pay_a_payout() {
     let mut rng = rand::rng();
     let mut kills = 0;
     let started = Instant::now();
-    while kills < 25 {
+    while kills < 30 {
         let mut child = spawn_worker_process(&app.db.name, &app.sandbox.base_url());
-        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
         kills += 1;

@@ -153,8 +153,8 @@ async fn rule2_refused_writes_leave_neither_row_nor_event_and_events_are_append_
 
 #[tokio::test]
 async fn rule2_retry_schedules_survive_a_restart() {
-    let mut options = AppOptions::default();
-    options.faults = Faults { error_5xx_rate: 1.0, ..Faults::default() };
+    let mut options =
+        AppOptions { faults: Faults { error_5xx_rate: 1.0, ..Faults::default() }, ..AppOptions::default() };
     options.engine.check_retry.base = Duration::from_millis(300);
     let mut app = TestApp::spawn(options).await;
     let id = app.enqueue_many(1, "USD", "1.00").await[0];
@@ -189,7 +189,7 @@ struct Observer {
     pool: PgPool,
     fault_on_first_submit: Option<Faults>,
     restore_after_first: bool,
-    seen: Arc<Mutex<Vec<(String, String, bool, bool)>>>, // reference, state, in_flight, frozen matches
+    seen: Seen,
 }
 
 impl Connector for Observer {
@@ -249,6 +249,7 @@ impl Connector for Observer {
     }
 }
 
+/// Per submit: reference, state, submit_in_flight, and whether the stored frozen request matched.
 type Seen = Arc<Mutex<Vec<(String, String, bool, bool)>>>;
 
 fn observed(fault: Option<Faults>, restore: bool) -> (AppOptions, Seen) {
