@@ -529,3 +529,33 @@ async fn rule7_a_429_is_honoured_and_the_payout_still_completes() {
     app.wait_for_state(id, PayoutState::Paid, Duration::from_secs(20)).await;
     app.shutdown().await;
 }
+
+// ---- graceful shutdown: finish or release, never strand a lease ----------------------------
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_or_releases_every_claimed_payout() {
+    let faults = Faults { max_latency: Duration::from_millis(150), ..Faults::default() };
+    let mut options = AppOptions { faults, workers: 0, callbacks: false, ..AppOptions::default() };
+    options.engine.lease = Duration::from_secs(60); // a stranded lease would show for a minute
+    let app = TestApp::spawn(options).await;
+    app.enqueue_many(30, "USD", "1.00").await;
+    let engine = payoutd_engine::EngineConfig { worker_id: "graceful".into(), ..app.options.engine.clone() };
+    let worker = payoutd_engine::Worker::new(app.db.pool.clone(), app.connectors.clone(), engine);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let report = handle.await.unwrap();
+    assert!(report.claimed > 0, "{report:?}");
+    let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM payouts WHERE lease_owner IS NOT NULL")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(leased, 0, "a graceful stop leaves no payout leased ({report:?})");
+    // A new worker picks everything up at once.
+    let mut app = app;
+    app.start_worker("next");
+    app.wait_all_final(Duration::from_secs(30)).await;
+    assert_no_double_execution(&app.sandbox);
+    app.shutdown().await;
+}

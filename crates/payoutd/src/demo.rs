@@ -192,7 +192,9 @@ fn demo_faults() -> Faults {
         duplicate_callback_rate: 0.10,
         early_callback_rate: 0.05,
         drop_callback_rate: 0.10,
-        rate_limit_rate: 0.01,
+        // A 429 pauses the provider for every worker (Retry-After: 1 s), as it should; more
+        // than a few of them would turn the demo into a demonstration of waiting.
+        rate_limit_rate: 0.001,
     }
 }
 

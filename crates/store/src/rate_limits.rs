@@ -11,6 +11,10 @@ use crate::StoreError;
 /// Takes one call from `provider`'s budget of `per_second`. `None`: go now. `Some(d)`: the budget
 /// is spent or the provider asked us to pause; try again after `d`.
 pub async fn acquire(pool: &PgPool, provider: &str, per_second: u32) -> Result<Option<Duration>, StoreError> {
+    // Every provider call of every worker updates this one row, so its row lock must be held
+    // briefly: the counter need not survive a crash, so its commit does not wait for fsync.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     let (calls, window_start, paused_until, now): (i32, DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>) =
         sqlx::query_as(
             "INSERT INTO provider_rate_limits AS r (provider, window_start, calls)
@@ -22,8 +26,9 @@ pub async fn acquire(pool: &PgPool, provider: &str, per_second: u32) -> Result<O
              RETURNING calls, window_start, paused_until, clock_timestamp()",
         )
         .bind(provider)
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?;
+    tx.commit().await?;
     if let Some(until) = paused_until
         && until > now
     {
