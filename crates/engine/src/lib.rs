@@ -4,8 +4,8 @@
 //! - [`wakeup`]: LISTEN/NOTIFY, so a new payout or a callback starts work at once; the claim
 //!   loop also polls, so a lost notification only delays work, never loses it.
 //! - [`heartbeat`]: extends the lease while a long step runs.
-//! - [`steps`]: what each state's step does, as a typed [`steps::StepOutcome`]-free function
-//!   returning the transition to write. Only the engine turns provider answers into moves.
+//! - [`steps`]: what each state's step does: the provider calls it needs, and the transition to
+//!   write. Connectors return typed outcomes; only the engine turns them into moves.
 //! - [`rate_limit`]: the shared per-provider call budget, applied before every provider call.
 //! - [`config`]: every knob, with documented defaults.
 

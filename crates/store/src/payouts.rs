@@ -124,18 +124,3 @@ pub async fn timeline(pool: &PgPool, id: Uuid) -> Result<Vec<Event>, StoreError>
     .await?;
     Ok(events)
 }
-
-/// Payouts whose `id` starts with nothing in particular: the ids of all payouts of one client
-/// with their states, for the demo and tests.
-pub async fn states_by_id(pool: &PgPool) -> Result<Vec<(Uuid, PayoutState)>, StoreError> {
-    let rows: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, state::text FROM payouts ORDER BY id").fetch_all(pool).await?;
-    rows.into_iter()
-        .map(|(id, s)| {
-            let st = s
-                .parse()
-                .map_err(|e: payoutd_core::state::UnknownState| StoreError::Corrupt(e.to_string()))?;
-            Ok((id, st))
-        })
-        .collect()
-}
