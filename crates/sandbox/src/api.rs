@@ -172,17 +172,23 @@ fn read_payout(sandbox: &Sandbox, service_id: &str, form: &Form) -> Result<Payou
     })
 }
 
+/// What payout and check share: the front-door faults, then the form and its `id`.
+async fn admit(sandbox: &Sandbox, faults: &Faults, body: &[u8]) -> Result<(Form, String), Response> {
+    if let Some(response) = front_door(sandbox, faults).await {
+        return Err(response);
+    }
+    let form = Form::parse(body).map_err(|reason| Refusal::BadRequest(reason).answer(sandbox, ""))?;
+    let id = form.optional("id").unwrap_or_default().to_owned();
+    Ok((form, id))
+}
+
 async fn payout(State(sandbox): Shared, Path(service_id): Path<String>, body: Bytes) -> Response {
     sandbox.with_ledger(|l| l.stats.payouts_received += 1);
     let faults = sandbox.faults();
-    if let Some(response) = front_door(&sandbox, &faults).await {
-        return response;
-    }
-    let form = match Form::parse(&body) {
-        Ok(form) => form,
-        Err(reason) => return Refusal::BadRequest(reason).answer(&sandbox, ""),
+    let (form, id) = match admit(&sandbox, &faults, &body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
     };
-    let id = form.optional("id").unwrap_or_default().to_owned();
     let request = match read_payout(&sandbox, &service_id, &form) {
         Ok(request) => request,
         Err(refusal) => return refusal.answer(&sandbox, &id),
@@ -232,14 +238,10 @@ async fn payout(State(sandbox): Shared, Path(service_id): Path<String>, body: By
 
 async fn check(State(sandbox): Shared, Path(service_id): Path<String>, body: Bytes) -> Response {
     let faults = sandbox.faults();
-    if let Some(response) = front_door(&sandbox, &faults).await {
-        return response;
-    }
-    let form = match Form::parse(&body) {
-        Ok(form) => form,
-        Err(reason) => return Refusal::BadRequest(reason).answer(&sandbox, ""),
+    let (form, id) = match admit(&sandbox, &faults, &body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
     };
-    let id = form.optional("id").unwrap_or_default().to_owned();
     let amount = match read_check(&sandbox, &service_id, &form) {
         Ok(amount) => amount,
         Err(refusal) => return refusal.answer(&sandbox, &id),
