@@ -9,13 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use payoutd_core::{PayoutState, Secret};
+use payoutd_core::PayoutState;
 use payoutd_providers::Connectors;
-use payoutd_providers::eightb_partner::{EightBPartner, EightBPartnerConfig};
+use payoutd_providers::eightb_partner::EightBPartner;
 use payoutd_sandbox::{Faults, LedgerStatus};
-use payoutd_tests::{
-    AppOptions, PARTNER_SECRET, SERVICE_ID, TestApp, admin_options, assert_no_double_execution,
-};
+use payoutd_tests::{AppOptions, TestApp, admin_options, assert_no_double_execution};
 use rand::Rng;
 
 const STATUS_INTERVAL_MS: u64 = 400;
@@ -129,9 +127,11 @@ async fn child_worker() {
     };
     let options = admin_options().await.database(&db);
     let pool = payoutd_store::connect(options, 12).await.expect("connect");
-    let mut config = EightBPartnerConfig::new(sandbox, SERVICE_ID, Secret::new(PARTNER_SECRET));
-    config.request_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-    config.min_status_interval = Duration::from_millis(STATUS_INTERVAL_MS);
+    let config = payoutd_tests::connector_config(
+        &sandbox,
+        Duration::from_millis(REQUEST_TIMEOUT_MS),
+        Duration::from_millis(STATUS_INTERVAL_MS),
+    );
     let connectors = Connectors::new().with(Arc::new(EightBPartner::new(config).expect("connector")));
     let mut engine = payoutd_tests::fast_engine(&format!("child-{}", std::process::id()));
     engine.lease = Duration::from_secs(1);

@@ -174,9 +174,7 @@ impl TestApp {
         sc.faults = options.faults.clone();
         let sandbox = Sandbox::start(sc, "127.0.0.1:0".parse().expect("addr")).await.expect("sandbox");
 
-        let mut cc = EightBPartnerConfig::new(sandbox.base_url(), SERVICE_ID, Secret::new(PARTNER_SECRET));
-        cc.request_timeout = options.request_timeout;
-        cc.min_status_interval = options.status_interval;
+        let cc = connector_config(&sandbox.base_url(), options.request_timeout, options.status_interval);
         let mut connector: Arc<dyn Connector> = Arc::new(EightBPartner::new(cc.clone()).expect("connector"));
         if let Some(wrap) = &options.wrap {
             connector = wrap(connector, sandbox.sandbox().clone(), db.pool.clone());
@@ -317,6 +315,18 @@ impl TestApp {
         while self.tasks.join_next().await.is_some() {}
         self.db.pool.close().await;
     }
+}
+
+/// The 8B partner connector settings every test uses against a sandbox at `base_url`.
+pub fn connector_config(
+    base_url: &str,
+    request_timeout: Duration,
+    status_interval: Duration,
+) -> EightBPartnerConfig {
+    let mut config = EightBPartnerConfig::new(base_url, SERVICE_ID, Secret::new(PARTNER_SECRET));
+    config.request_timeout = request_timeout;
+    config.min_status_interval = status_interval;
+    config
 }
 
 /// A valid enqueue body.

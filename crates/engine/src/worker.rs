@@ -119,7 +119,8 @@ impl Worker {
             if claimed > 0 && claimed == free {
                 continue; // probably more due work
             }
-            let sleep = self.idle_sleep().await;
+            // With every slot busy only a finishing task matters: skip the next-due query.
+            let sleep = if free == 0 { self.config.idle_poll } else { self.idle_sleep().await };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}

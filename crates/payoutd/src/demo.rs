@@ -131,10 +131,12 @@ pub async fn run(config: &crate::config::Config, args: DemoArgs) -> anyhow::Resu
     let sandbox_stats = sandbox.stats();
     let executed_twice = ledger.iter().filter(|e| e.executions > 1).count();
     let paid_refs = paid_references(&pool).await?;
-    let paid_not_in_ledger = paid_refs
+    let paid_in_ledger: std::collections::HashSet<&str> = ledger
         .iter()
-        .filter(|r| !ledger.iter().any(|e| &e.id == *r && e.status == payoutd_sandbox::LedgerStatus::Paid))
-        .count();
+        .filter(|e| e.status == payoutd_sandbox::LedgerStatus::Paid)
+        .map(|e| e.id.as_str())
+        .collect();
+    let paid_not_in_ledger = paid_refs.iter().filter(|r| !paid_in_ledger.contains(r.as_str())).count();
     sandbox.shutdown().await?;
 
     println!();
