@@ -16,8 +16,10 @@ use payoutd_sandbox::{Faults, LedgerStatus};
 use payoutd_tests::{AppOptions, TestApp, admin_options, assert_no_double_execution};
 use rand::Rng;
 
-const STATUS_INTERVAL_MS: u64 = 400;
-const REQUEST_TIMEOUT_MS: u64 = 600;
+// Within the production constraint for the child workers' settings: 2000 ms > request timeout
+// (500) + lease (1000) + safety margin (300).
+const STATUS_INTERVAL_MS: u64 = 2000;
+const REQUEST_TIMEOUT_MS: u64 = 500;
 
 fn spawn_worker_process(db: &str, sandbox: &str) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))
@@ -42,6 +44,7 @@ async fn workers_killed_at_random_never_lose_or_double_pay_a_payout() {
         early_callback_rate: 0.05,
         drop_callback_rate: 0.2,
         rate_limit_rate: 0.01,
+        ingestion_delay: Duration::from_millis(1500),
         ..Faults::default()
     };
     let options = AppOptions {
@@ -138,6 +141,6 @@ async fn child_worker() {
     engine.heartbeat_every = Duration::from_millis(300);
     engine.in_doubt_max_attempts = 100;
     engine.concurrency = 32;
-    let worker = payoutd_engine::Worker::new(pool, connectors, engine);
+    let worker = payoutd_engine::Worker::new(pool, connectors, engine).expect("settings pass the check");
     worker.run(tokio_util::sync::CancellationToken::new()).await;
 }

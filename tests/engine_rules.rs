@@ -8,17 +8,25 @@ use chrono::Utc;
 use payoutd_core::PayoutState;
 use payoutd_engine::steps::{self, StepContext};
 use payoutd_providers::{
-    BoxFuture, CallbackVerdict, CheckOutcome, Connector, FrozenRequest, PayoutForProvider, ProviderError,
-    ProviderStatus, SubmitOutcome,
+    BoxFuture, CallbackVerdict, CheckOutcome, Connector, FrozenRequest, IncomingCallback, PayoutForProvider,
+    ProviderError, ProviderStatus, SubmitOutcome,
 };
 use payoutd_sandbox::{Faults, Sandbox};
 use payoutd_store::queue::{self, Lease};
-use payoutd_store::transitions::{self, Transition};
+use payoutd_store::transitions::{self, NextRun, ResubmitGate, Transition};
 use payoutd_store::{PgPool, StoreError, payouts, rate_limits};
 use payoutd_tests::{AppOptions, TestApp, assert_no_double_execution, fast_engine, row};
 
 fn no_workers() -> AppOptions {
     AppOptions { workers: 0, ..AppOptions::default() }
+}
+
+/// The request timeout of the test connector.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The resubmit rule as the test engine applies it.
+fn gate() -> ResubmitGate {
+    ResubmitGate { not_found_answers: 2, since_last_submit: Duration::from_millis(2800) }
 }
 
 // ---- rule 1: the row is the job; SKIP LOCKED claims, leases, fencing --------------------------
@@ -70,7 +78,8 @@ async fn rule1_an_expired_lease_is_taken_over_and_the_old_holder_cannot_write() 
         Err(StoreError::LeaseLost(_))
     ));
     assert!(matches!(
-        transitions::mark_submit_started(pool, &old, "worker:old").await,
+        transitions::mark_submit_started(pool, &old, "worker:old", Duration::from_secs(5), gate(), TIMEOUT)
+            .await,
         Err(StoreError::LeaseLost(_))
     ));
     assert_eq!(row(&app, id).await.state, PayoutState::Pending);
@@ -137,7 +146,7 @@ async fn rule2_refused_writes_leave_neither_row_nor_event_and_events_are_append_
         "retry after attempt 1: test",
     );
     let at = Utc::now() + chrono::Duration::seconds(3600);
-    ok.next_run_at = Some(at);
+    ok.next_run = NextRun::At(at);
     transitions::apply(pool, &lease, &ok).await.unwrap();
     let r = row(&app, id).await;
     assert_eq!(r.next_run_at.unwrap().timestamp(), at.timestamp(), "the retry schedule is stored on the row");
@@ -191,8 +200,11 @@ struct Observer {
 }
 
 impl Connector for Observer {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         self.inner.name()
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
     }
     fn account(&self) -> String {
         self.inner.account()
@@ -233,14 +245,21 @@ impl Connector for Observer {
             outcome
         })
     }
-    fn status<'a>(&'a self, r: &'a FrozenRequest) -> BoxFuture<'a, Result<ProviderStatus, ProviderError>> {
-        self.inner.status(r)
+    fn status<'a>(
+        &'a self,
+        r: &'a FrozenRequest,
+        id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ProviderStatus, ProviderError>> {
+        self.inner.status(r, id)
     }
     fn min_status_interval(&self) -> Duration {
         self.inner.min_status_interval()
     }
-    fn verify_callback(&self, body: &[u8]) -> CallbackVerdict {
-        self.inner.verify_callback(body)
+    fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout()
+    }
+    fn verify_callback(&self, callback: &IncomingCallback<'_>) -> CallbackVerdict {
+        self.inner.verify_callback(callback)
     }
     fn callback_answer(&self, accepted: bool) -> &'static str {
         self.inner.callback_answer(accepted)
@@ -276,7 +295,7 @@ async fn rule3_the_intent_is_committed_before_submit_and_a_retry_reuses_the_refe
     let (options, seen) = observed(Some(Faults { error_5xx_rate: 1.0, ..Faults::default() }), true);
     let app = TestApp::spawn(options).await;
     let id = app.enqueue_many(1, "IDR", "150000").await[0];
-    app.wait_for_state(id, PayoutState::Paid, Duration::from_secs(20)).await;
+    app.wait_for_state(id, PayoutState::Paid, Duration::from_secs(40)).await;
 
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "one in-doubt submit, one resubmit: {seen:?}");
@@ -346,15 +365,24 @@ async fn rule4_a_worker_that_died_mid_submit_leaves_an_in_doubt_payout_that_is_a
             transitions::apply(&pool, &lease, &t).await.unwrap();
             r = row(&app, id).await;
         }
-        transitions::mark_submit_started(&pool, &lease, "worker:doomed").await.unwrap();
+        transitions::mark_submit_started(
+            &pool,
+            &lease,
+            "worker:doomed",
+            Duration::from_secs(2),
+            gate(),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
         if provider_got_it {
             let frozen: FrozenRequest = serde_json::from_value(r.submit_request.clone().unwrap()).unwrap();
-            assert_eq!(connector.submit(&frozen).await, SubmitOutcome::Accepted);
+            assert_eq!(connector.submit(&frozen).await, SubmitOutcome::Accepted { provider_id: None });
         }
         // ... and the worker dies here, before writing the outcome.
         let mut app = app;
         app.start_worker("survivor");
-        app.wait_all_final(Duration::from_secs(20)).await;
+        app.wait_all_final(Duration::from_secs(40)).await;
         let r = row(&app, id).await;
         assert_eq!(r.state, PayoutState::Paid);
         let reasons = app.reasons(id).await;
@@ -383,7 +411,6 @@ async fn rule4_an_in_doubt_payout_is_parked_for_review_never_failed() {
     let (mut options, _) = observed(Some(broken), false);
     options.callbacks = false;
     options.engine.in_doubt_max_attempts = 3;
-    options.status_interval = Duration::from_millis(200);
     let app = TestApp::spawn(options).await;
     let id = app.enqueue_many(1, "USD", "1.00").await[0];
     app.wait_for_state(id, PayoutState::InDoubt, Duration::from_secs(10)).await;
@@ -444,8 +471,7 @@ async fn rule5_a_final_payout_is_never_rewritten() {
 #[tokio::test]
 async fn rule7_status_polls_keep_the_minimum_interval() {
     let mut options = AppOptions { callbacks: false, ..AppOptions::default() };
-    options.processing_delay = Duration::from_secs(2);
-    options.status_interval = Duration::from_millis(600);
+    options.processing_delay = Duration::from_secs(4);
     let app = TestApp::spawn(options).await;
     let started = Instant::now();
     app.enqueue_many(6, "USD", "2.00").await;
@@ -453,7 +479,7 @@ async fn rule7_status_polls_keep_the_minimum_interval() {
     let elapsed = started.elapsed();
     let stats = app.sandbox.stats();
     assert_eq!(stats.early_checks, 0, "a status query came sooner than the interval after submit");
-    let max_polls = (elapsed.as_millis() / 600) as u64 + 1;
+    let max_polls = (elapsed.as_millis() / 3000) as u64 + 1;
     for (id, n) in &stats.checks_per_id {
         assert!(*n >= 1 && *n <= max_polls, "{id}: {n} checks in {elapsed:?}");
     }
@@ -467,7 +493,7 @@ async fn rule7_status_polls_keep_the_minimum_interval() {
     for pair in rows.windows(2) {
         if pair[0].0 == pair[1].0 {
             let gap = (pair[1].1 - pair[0].1).num_milliseconds();
-            assert!(gap >= 550, "two polls {gap} ms apart");
+            assert!(gap >= 2950, "two polls {gap} ms apart");
         }
     }
     app.shutdown().await;
@@ -533,12 +559,11 @@ async fn rule7_a_429_is_honoured_and_the_payout_still_completes() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_or_releases_every_claimed_payout() {
     let faults = Faults { max_latency: Duration::from_millis(150), ..Faults::default() };
-    let mut options = AppOptions { faults, workers: 0, callbacks: false, ..AppOptions::default() };
-    options.engine.lease = Duration::from_secs(60); // a stranded lease would show for a minute
+    let options = AppOptions { faults, workers: 0, callbacks: false, ..AppOptions::default() };
     let app = TestApp::spawn(options).await;
     app.enqueue_many(30, "USD", "1.00").await;
     let engine = payoutd_engine::EngineConfig { worker_id: "graceful".into(), ..app.options.engine.clone() };
-    let worker = payoutd_engine::Worker::new(app.db.pool.clone(), app.connectors.clone(), engine);
+    let worker = payoutd_engine::Worker::new(app.db.pool.clone(), app.connectors.clone(), engine).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(worker.run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;

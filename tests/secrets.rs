@@ -1,36 +1,15 @@
 //! DESIGN rule 10: the partner secret and API tokens never reach logs, stored events and
 //! errors, or API answers, even when everything goes wrong.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use payoutd_sandbox::Faults;
 use payoutd_tests::{AppOptions, PARTNER_SECRET, TestApp, payout_body, send_callback};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn secrets_stay_out_of_logs_events_errors_and_answers() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = payoutd_tests::log_capture::Captured::default();
+    let _guard = tracing::subscriber::set_default(captured.subscriber());
 
     let faults = Faults {
         error_5xx_rate: 0.2,
@@ -71,7 +50,7 @@ async fn secrets_stay_out_of_logs_events_errors_and_answers() {
     let connector_debug = format!("{:?} {:?}", app.connector_config, app.options.engine);
     app.shutdown().await;
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(logs.len() > 1000, "the scenario should have logged something ({} bytes)", logs.len());
     assert!(
         logs.contains("in doubt") || logs.contains("outcome unknown") || logs.contains("retry"),

@@ -25,7 +25,7 @@ async fn two_workers_share_the_queue_without_double_work() {
         let pool = payoutd_store::connect(app.db.options.clone(), 8).await.unwrap();
         let engine =
             payoutd_engine::EngineConfig { worker_id: name.to_owned(), ..app.options.engine.clone() };
-        let worker = payoutd_engine::Worker::new(pool, app.connectors.clone(), engine);
+        let worker = payoutd_engine::Worker::new(pool, app.connectors.clone(), engine).unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         let s = stop.clone();
         handles.push((stop, tokio::spawn(async move { worker.run(s).await })));

@@ -23,6 +23,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod binary;
+pub mod log_capture;
+pub mod token_accounts;
+
 pub const SERVICE_ID: &str = "test-service";
 /// The partner secret of every test; tests assert it never shows up in logs or answers.
 pub const PARTNER_SECRET: &str = "partner-secret-Zq9vX7";
@@ -96,7 +100,12 @@ pub struct AppOptions {
     /// Wraps the real connector, e.g. to observe the database at the moment of a call or to
     /// switch sandbox faults at a precise step.
     pub wrap: Option<Wrap>,
+    /// More accounts next to the 8B partner one (see [`token_accounts`]): given the API's base
+    /// URL and the database, the connectors to add.
+    pub more_accounts: Option<MoreAccounts>,
 }
+
+pub type MoreAccounts = Arc<dyn Fn(&str, &PgPool) -> Vec<Arc<dyn Connector>> + Send + Sync>;
 
 pub type Wrap = Arc<dyn Fn(Arc<dyn Connector>, Arc<Sandbox>, PgPool) -> Arc<dyn Connector> + Send + Sync>;
 
@@ -105,24 +114,29 @@ impl Default for AppOptions {
         Self {
             faults: Faults::default(),
             workers: 1,
-            status_interval: Duration::from_millis(500),
+            // Within the production constraint: 3 s > request timeout (0.5 s) + lease (2 s) +
+            // safety margin (0.3 s). Worker::new refuses anything else.
+            status_interval: Duration::from_secs(3),
             processing_delay: Duration::from_millis(100),
-            request_timeout: Duration::from_millis(700),
+            request_timeout: Duration::from_millis(500),
             engine: fast_engine("test-worker"),
             balance: Decimal::from(1_000_000_000_i64),
             callbacks: true,
             wrap: None,
+            more_accounts: None,
         }
     }
 }
 
-/// Engine settings with every wait shortened for tests.
+/// Engine settings with every wait shortened for tests, within the constraints production
+/// settings obey (`EngineConfig::validate`).
 pub fn fast_engine(worker_id: &str) -> EngineConfig {
     EngineConfig {
         worker_id: worker_id.to_owned(),
         concurrency: 16,
-        lease: Duration::from_secs(3),
-        heartbeat_every: Duration::from_secs(1),
+        lease: Duration::from_secs(2),
+        heartbeat_every: Duration::from_millis(500),
+        safety_margin: Duration::from_millis(300),
         idle_poll: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(5),
         check_retry: payoutd_core::RetryPolicy {
@@ -138,6 +152,7 @@ pub fn fast_engine(worker_id: &str) -> EngineConfig {
         in_doubt_max_attempts: 8,
         max_await: Duration::from_secs(60),
         provider_calls_per_second: 1000,
+        ..EngineConfig::default()
     }
 }
 
@@ -179,7 +194,12 @@ impl TestApp {
         if let Some(wrap) = &options.wrap {
             connector = wrap(connector, sandbox.sandbox().clone(), db.pool.clone());
         }
-        let connectors = Connectors::new().with(connector);
+        let mut connectors = Connectors::new().with(connector);
+        if let Some(more) = &options.more_accounts {
+            for c in more(&api, &db.pool) {
+                connectors = connectors.with(c);
+            }
+        }
 
         let shutdown = CancellationToken::new();
         let workers_stop = CancellationToken::new();
@@ -210,7 +230,8 @@ impl TestApp {
     /// Starts one more in-process worker.
     pub fn start_worker(&mut self, worker_id: &str) {
         let engine = EngineConfig { worker_id: worker_id.to_owned(), ..self.options.engine.clone() };
-        let worker = Worker::new(self.db.pool.clone(), self.connectors.clone(), engine);
+        let worker = Worker::new(self.db.pool.clone(), self.connectors.clone(), engine)
+            .expect("test engine settings must pass the production configuration check");
         let stop = self.workers_stop.clone();
         self.tasks.spawn(async move {
             worker.run(stop).await;

@@ -36,7 +36,9 @@ const CURRENCIES: &[(&str, u32)] = &[
     ("BRL", 2),
     ("CAD", 2),
     ("CHF", 2),
+    ("CLP", 0),
     ("CNY", 2),
+    ("COP", 2),
     ("EUR", 2),
     ("GBP", 2),
     ("HKD", 2),
@@ -47,8 +49,10 @@ const CURRENCIES: &[(&str, u32)] = &[
     ("KRW", 0),
     ("KWD", 3),
     ("KZT", 2),
+    ("MXN", 2),
     ("MYR", 2),
     ("OMR", 3),
+    ("PEN", 2),
     ("PHP", 2),
     ("PKR", 2),
     ("SGD", 2),
@@ -106,7 +110,19 @@ impl Money {
             return Err(MoneyError::NotADecimal(amount.to_owned()));
         }
         let value = Decimal::from_str(trimmed).map_err(|_| MoneyError::NotADecimal(amount.to_owned()))?;
-        Self::new(value, currency)
+        let money = Self::new(value, currency)?;
+        // `Decimal::from_str` rounds beyond 28 significant digits ("999999.999…9" with 32 nines
+        // becomes 1000000), so the decimals are counted as written, not as parsed.
+        let written = trimmed.split_once('.').map_or(0, |(_, frac)| frac.trim_end_matches('0').len());
+        let written = u32::try_from(written).unwrap_or(u32::MAX);
+        if written > currency.minor_units() {
+            return Err(MoneyError::TooManyDecimals {
+                currency,
+                allowed: currency.minor_units(),
+                got: written,
+            });
+        }
+        Ok(money)
     }
 
     pub fn new(amount: Decimal, currency: Currency) -> Result<Self, MoneyError> {
@@ -178,6 +194,30 @@ mod tests {
         assert!(matches!(Money::parse("", cur("USD")), Err(MoneyError::NotADecimal(_))));
         assert!(matches!(Money::parse("ten", cur("USD")), Err(MoneyError::NotADecimal(_))));
         assert_eq!(Money::parse("99999999999999999", cur("USD")), Err(MoneyError::TooLarge));
+    }
+
+    /// Found by the `payout_request_body` fuzz target (and the `money_props` proptest): the
+    /// decimal type rounded these to an amount the currency allows, and they were accepted as
+    /// 1000000.00 USD and 0.10 AED.
+    #[test]
+    fn amounts_rounded_by_the_decimal_type_are_rejected() {
+        assert_eq!(
+            Money::parse("999999.99999999999999999999999999999999", cur("USD")),
+            Err(MoneyError::TooManyDecimals { currency: cur("USD"), allowed: 2, got: 32 })
+        );
+        assert_eq!(
+            Money::parse(".10000000000000000000000000001", cur("AED")),
+            Err(MoneyError::TooManyDecimals { currency: cur("AED"), allowed: 2, got: 29 })
+        );
+        assert!(matches!(
+            Money::parse("999999999999.9999999999999999999999", cur("USD")),
+            Err(MoneyError::TooManyDecimals { .. })
+        ));
+        // Trailing zeros are not decimals: these stay valid however long.
+        assert_eq!(
+            Money::parse("10.500000000000000000000000000000000", cur("USD")).map(|m| m.amount().to_string()),
+            Ok("10.50".to_owned())
+        );
     }
 
     #[test]

@@ -101,11 +101,16 @@ impl NewPayout {
             (Some(_), None) => None,
         };
 
-        let provider = raw.provider.unwrap_or_else(|| DEFAULT_PROVIDER.to_owned());
+        // Without a named account: the only one configured, else the default account.
+        let provider = match raw.provider {
+            Some(p) => p,
+            None if known_providers.len() == 1 => known_providers[0].to_owned(),
+            None => DEFAULT_PROVIDER.to_owned(),
+        };
         if !known_providers.contains(&provider.as_str()) {
             errors.push(FieldError::new(
                 "provider",
-                format!("unknown provider {provider:?}; configured: {}", known_providers.join(", ")),
+                format!("unknown provider account {provider:?}; configured: {}", known_providers.join(", ")),
             ));
         }
 
@@ -134,6 +139,88 @@ impl NewPayout {
             }),
             _ => Err(errors),
         }
+    }
+}
+
+/// The fields of a payout request as JSON (the body of `POST /v1/payouts`, one line of a
+/// JSON-lines batch). `account` names the provider account; `provider` is its older name.
+pub const JSON_FIELDS: &[&str] = &["external_id", "amount", "currency", "account", "provider", "destination"];
+pub const JSON_DESTINATION_FIELDS: &[&str] =
+    &["phone", "client", "destination", "receiver_name", "receiver_bic"];
+
+/// Reads a JSON request object field by field: unknown fields and wrong JSON types are
+/// reported here (a field of the wrong type is then passed on as missing); everything else is
+/// [`NewPayout::parse`]'s. One reader for the API and for batches, so both name the same
+/// problems in the same words.
+pub fn raw_from_json(top: &serde_json::Map<String, serde_json::Value>) -> (RawNewPayout, Vec<FieldError>) {
+    use serde_json::Value;
+    let mut errors = Vec::new();
+    unknown_json_fields(top, JSON_FIELDS, "", &mut errors);
+    let mut raw = RawNewPayout {
+        external_id: json_string(top, "external_id", "external_id", &mut errors),
+        amount: json_string(top, "amount", "amount", &mut errors),
+        currency: json_string(top, "currency", "currency", &mut errors),
+        ..RawNewPayout::default()
+    };
+    let account = json_string(top, "account", "account", &mut errors);
+    let provider = json_string(top, "provider", "provider", &mut errors);
+    raw.provider = match (account, provider) {
+        (Some(a), Some(p)) if a != p => {
+            errors.push(FieldError::new(
+                "account",
+                "differs from \"provider\" (its older name); send one of them",
+            ));
+            Some(a)
+        }
+        (a, p) => a.or(p),
+    };
+    match top.get("destination") {
+        Some(Value::Object(d)) => {
+            unknown_json_fields(d, JSON_DESTINATION_FIELDS, "destination.", &mut errors);
+            raw.phone = json_string(d, "phone", "destination.phone", &mut errors);
+            raw.client = json_string(d, "client", "destination.client", &mut errors);
+            raw.destination = json_string(d, "destination", "destination.destination", &mut errors);
+            raw.receiver_name = json_string(d, "receiver_name", "destination.receiver_name", &mut errors);
+            raw.receiver_bic = json_string(d, "receiver_bic", "destination.receiver_bic", &mut errors);
+        }
+        Some(_) => errors.push(FieldError::new("destination", "must be an object")),
+        None => errors.push(FieldError::new("destination", "is required")),
+    }
+    (raw, errors)
+}
+
+fn json_string(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    use serde_json::Value;
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(_)) if key == "amount" => {
+            errors.push(FieldError::new(
+                field,
+                "must be a decimal string such as \"10.50\" (numbers lose precision)",
+            ));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string"));
+            None
+        }
+    }
+}
+
+fn unknown_json_fields(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    known: &[&str],
+    prefix: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        errors.push(FieldError::new(format!("{prefix}{key}"), "unknown field"));
     }
 }
 

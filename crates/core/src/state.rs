@@ -25,7 +25,10 @@ pub enum PayoutState {
     Failed,
     /// Final: cancelled by an operator before any submit.
     Cancelled,
-    /// Final: parked for a person (outcome unknown after retries, or a data mismatch).
+    /// Parked for a person (outcome unknown after retries, a data mismatch, a poison row). No
+    /// automatic step runs on it; it leaves only by a recorded resolution: a verified final
+    /// answer from the provider (to paid or failed), an operator (to paid or failed), or an
+    /// operator retry (to in_doubt, which asks the provider before anything else).
     NeedsReview,
 }
 
@@ -56,8 +59,19 @@ impl PayoutState {
         }
     }
 
+    /// Final states never change.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Paid | Self::Failed | Self::Cancelled | Self::NeedsReview)
+        matches!(self, Self::Paid | Self::Failed | Self::Cancelled)
+    }
+
+    /// Parked: not final, but no automatic step runs on it (see [`Self::NeedsReview`]).
+    pub fn is_parked(self) -> bool {
+        matches!(self, Self::NeedsReview)
+    }
+
+    /// Whether the engine schedules steps for this state (neither final nor parked).
+    pub fn is_active(self) -> bool {
+        !self.is_final() && !self.is_parked()
     }
 
     /// True once money may have moved: from here on nothing may cancel or fail the payout
@@ -73,11 +87,14 @@ impl PayoutState {
         use PayoutState::*;
         match (self, to) {
             (from, _) if from.is_final() => false,
-            (Pending, Checked | Failed | Cancelled) => true,
-            (Checked, IntentRecorded | Failed | Cancelled) => true,
+            // needs_review before the intent: a poison row (nothing was sent).
+            (Pending, Checked | Failed | Cancelled | NeedsReview) => true,
+            (Checked, IntentRecorded | Failed | Cancelled | NeedsReview) => true,
             (IntentRecorded, Submitted | InDoubt | Paid | Failed | NeedsReview) => true,
             (InDoubt, Submitted | Paid | Failed | NeedsReview) => true,
             (Submitted, InDoubt | Paid | Failed | NeedsReview) => true,
+            // The recorded ways out of the parking lot (DESIGN rule 11).
+            (NeedsReview, Paid | Failed | InDoubt) => true,
             _ => false,
         }
     }
@@ -112,6 +129,20 @@ mod tests {
             for to in PayoutState::ALL {
                 assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
             }
+        }
+    }
+
+    #[test]
+    fn needs_review_is_parked_not_final_and_leaves_only_by_resolution() {
+        assert!(!NeedsReview.is_final());
+        assert!(NeedsReview.is_parked());
+        assert!(!NeedsReview.is_active());
+        for to in PayoutState::ALL {
+            let allowed = NeedsReview.can_move_to(to);
+            assert_eq!(allowed, matches!(to, Paid | Failed | InDoubt), "needs_review -> {to}");
+        }
+        for s in [Pending, Checked, IntentRecorded, Submitted, InDoubt] {
+            assert!(s.is_active() && s.can_move_to(NeedsReview), "{s} can be parked");
         }
     }
 

@@ -13,10 +13,17 @@ pub async fn permit(pool: &PgPool, provider: &str, per_second: u32) -> Result<Op
     for _ in 0..10 {
         match rate_limits::acquire(pool, provider, per_second).await? {
             None => return Ok(None),
-            Some(wait) if wait <= MAX_INLINE_WAIT => tokio::time::sleep(wait).await,
-            Some(wait) => return Ok(Some(wait)),
+            Some(wait) if wait <= MAX_INLINE_WAIT => {
+                crate::telemetry::rate_limit_wait(provider, "inline");
+                tokio::time::sleep(wait).await
+            }
+            Some(wait) => {
+                crate::telemetry::rate_limit_wait(provider, "deferred");
+                return Ok(Some(wait));
+            }
         }
     }
+    crate::telemetry::rate_limit_wait(provider, "deferred");
     Ok(Some(Duration::from_secs(1)))
 }
 

@@ -10,10 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 /// Listens until `shutdown`, reconnecting after errors, and pokes `wake` on every notification.
 pub async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    listen_on(pool, WAKE_CHANNEL, wake, shutdown).await
+}
+
+/// [`listen`] on another channel (the webhook delivery service has its own).
+pub async fn listen_on(pool: PgPool, channel: &str, wake: Arc<Notify>, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
-                if let Err(e) = listener.listen(WAKE_CHANNEL).await {
+                if let Err(e) = listener.listen(channel).await {
                     tracing::warn!(error = %e, "LISTEN failed");
                 } else {
                     loop {

@@ -3,22 +3,29 @@
 //! time or the fallback poll. On shutdown it stops claiming, lets in-flight steps finish and
 //! releases their payouts; whatever is still running after the grace period is abandoned to
 //! lease expiry, which is safe by construction (fencing tokens, submit_in_flight).
+//!
+//! A step whose lease is lost (or can no longer be proven held) is cancelled where it stands;
+//! a payout whose steps keep failing for a reason retrying cannot fix is parked after
+//! `max_failed_steps` (a poison row must not be retried every lease period forever).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use opentelemetry::KeyValue;
 use payoutd_store::queue::{self, Lease};
-use payoutd_store::transitions::{self, AfterWrite};
+use payoutd_store::transitions::{self, AfterWrite, StepFailure};
 use payoutd_store::{PayoutRow, PgPool, StoreError, payouts};
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::steps::{self, StepContext};
-use crate::{Connectors, EngineConfig, EngineError, heartbeat, wakeup};
+use crate::telemetry::{INSTRUMENTS, Pulse};
+use crate::{ConfigError, Connectors, EngineConfig, EngineError, heartbeat, wakeup};
 
 /// Counts kept by one worker, for logs, the demo and tests.
 #[derive(Debug, Default)]
@@ -28,6 +35,7 @@ pub struct WorkerCounters {
     pub leases_lost: AtomicU64,
     pub released_on_shutdown: AtomicU64,
     pub errors: AtomicU64,
+    pub parked_poison: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +45,7 @@ pub struct WorkerReport {
     pub leases_lost: u64,
     pub released_on_shutdown: u64,
     pub errors: u64,
+    pub parked_poison: u64,
 }
 
 impl WorkerCounters {
@@ -47,31 +56,51 @@ impl WorkerCounters {
             leases_lost: self.leases_lost.load(Ordering::Relaxed),
             released_on_shutdown: self.released_on_shutdown.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            parked_poison: self.parked_poison.load(Ordering::Relaxed),
         }
     }
 }
 
 pub struct Worker {
     pool: PgPool,
+    /// A few connections of their own for lease heartbeats, so that steps holding every
+    /// connection of `pool` cannot starve them (DESIGN rule 1: a healthy worker keeps its
+    /// leases).
+    heartbeat_pool: PgPool,
     connectors: Connectors,
     config: Arc<EngineConfig>,
     counters: Arc<WorkerCounters>,
     wake: Arc<Notify>,
+    pulse: Arc<Pulse>,
 }
 
 impl Worker {
-    pub fn new(pool: PgPool, connectors: Connectors, config: EngineConfig) -> Self {
-        Self {
+    /// Refuses settings that would break a rule (see [`EngineConfig::validate`]).
+    pub fn new(pool: PgPool, connectors: Connectors, config: EngineConfig) -> Result<Self, ConfigError> {
+        config.validate(&connectors)?;
+        let heartbeat_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(config.heartbeat_every)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        Ok(Self {
             pool,
+            heartbeat_pool,
             connectors,
             config: Arc::new(config),
             counters: Arc::default(),
             wake: Arc::new(Notify::new()),
-        }
+            pulse: Arc::default(),
+        })
     }
 
     pub fn counters(&self) -> Arc<WorkerCounters> {
         self.counters.clone()
+    }
+
+    /// The claim loop's pulse: it beats on every turn (at least every `idle_poll`) and stops
+    /// when the loop ends. The readiness probe reads it.
+    pub fn pulse(&self) -> Arc<Pulse> {
+        self.pulse.clone()
     }
 
     /// Runs until `shutdown` is cancelled, then drains (see the module docs).
@@ -84,21 +113,28 @@ impl Worker {
         tracing::info!(worker = %self.config.worker_id, concurrency = self.config.concurrency, "worker started");
 
         while !shutdown.is_cancelled() {
+            self.pulse.beat();
             // Reap finished tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
             let mut claimed = 0;
             if free > 0 {
-                match queue::claim_due(&self.pool, &self.config.worker_id, free as i64, self.config.lease)
+                match queue::claim_batch(&self.pool, &self.config.worker_id, free as i64, self.config.lease)
                     .await
                 {
                     Ok(batch) => {
-                        claimed = batch.len();
-                        for (row, lease) in batch {
+                        claimed = batch.ready.len() + batch.undecodable.len();
+                        for (lease, error) in batch.undecodable {
+                            self.counters.claimed.fetch_add(1, Ordering::Relaxed);
+                            let reason = format!("the payout row does not decode: {error}");
+                            record_poison(&self.pool, &self.config, &self.counters, &lease, &reason).await;
+                        }
+                        for (row, lease) in batch.ready {
                             let Ok(permit) = slots.clone().try_acquire_owned() else { break };
                             self.counters.claimed.fetch_add(1, Ordering::Relaxed);
                             let job = Job {
                                 pool: self.pool.clone(),
+                                heartbeat_pool: self.heartbeat_pool.clone(),
                                 connectors: self.connectors.clone(),
                                 config: self.config.clone(),
                                 counters: self.counters.clone(),
@@ -129,6 +165,8 @@ impl Worker {
             }
         }
 
+        // Not ready from here on: a draining worker takes no new work.
+        self.pulse.stop();
         tracing::info!(in_flight = tasks.len(), "worker stopping: finishing in-flight steps");
         let drained = tokio::time::timeout(self.config.shutdown_grace, async {
             while tasks.join_next().await.is_some() {}
@@ -155,9 +193,38 @@ impl Worker {
     }
 }
 
+/// Counts a failed step of a poison row and gives the payout back, or parks it at the bound.
+async fn record_poison(
+    pool: &PgPool,
+    config: &EngineConfig,
+    counters: &WorkerCounters,
+    lease: &Lease,
+    reason: &str,
+) {
+    let actor = format!("worker:{}", config.worker_id);
+    // Retried a lease period later: a row that fails because of this worker's configuration
+    // (an unknown provider) may succeed on another worker of the fleet, but must not spin.
+    let retry_in = config.lease;
+    match transitions::record_step_failure(pool, lease, &actor, reason, config.max_failed_steps, retry_in)
+        .await
+    {
+        Ok(StepFailure::Parked { failed_steps }) => {
+            counters.parked_poison.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(payout_id = %lease.payout_id, failed_steps, %reason, alert = true, "poison payout parked in needs_review");
+        }
+        Ok(StepFailure::Retried { failed_steps }) => {
+            tracing::error!(payout_id = %lease.payout_id, failed_steps, %reason, "step failed; retried later");
+        }
+        Err(e) => {
+            tracing::warn!(payout_id = %lease.payout_id, error = %e, "could not record a failed step; the lease will expire");
+        }
+    }
+}
+
 /// One claimed payout, worked on until it is released.
 struct Job {
     pool: PgPool,
+    heartbeat_pool: PgPool,
     connectors: Connectors,
     config: Arc<EngineConfig>,
     counters: Arc<WorkerCounters>,
@@ -166,23 +233,23 @@ struct Job {
 
 impl Job {
     async fn run(self, mut row: PayoutRow, lease: Lease) {
-        let beat = heartbeat::spawn(
-            self.pool.clone(),
+        // Dropped on every way out of this function, which stops the heartbeats.
+        let beat = heartbeat::start(
+            self.heartbeat_pool.clone(),
             lease.clone(),
             self.config.heartbeat_every,
             self.config.lease,
         );
         loop {
-            let span = tracing::info_span!(
-                "payout.step",
-                payout_id = %row.id,
-                account = %row.account,
-                provider = %row.provider,
-                state = %row.state,
-                attempt = row.attempt,
-                traceparent = row.traceparent.as_deref().unwrap_or(""),
-            );
-            let result = self.step(&row, &lease).instrument(span).await;
+            let span = step_span(&row, &lease);
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.step(&row, &lease).instrument(span.clone()) => r,
+                // A lost lease cancels the step wherever it is, provider call included: another
+                // worker owns the payout now, and this one must not act on it.
+                _ = beat.lost().cancelled() => Err(EngineError::Store(StoreError::LeaseLost(row.id))),
+            };
+            record_step(&span, &row, &result, started.elapsed());
             self.counters.steps.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok(AfterWrite::Continue) if self.shutdown.is_cancelled() => {
@@ -202,7 +269,13 @@ impl Job {
                 Ok(AfterWrite::Release) => break,
                 Err(EngineError::Store(StoreError::LeaseLost(id))) => {
                     self.counters.leases_lost.fetch_add(1, Ordering::Relaxed);
+                    INSTRUMENTS.leases_lost.add(1, &[]);
                     tracing::info!(payout_id = %id, "lease lost: another worker or a callback took the payout over");
+                    break;
+                }
+                Err(e) if e.is_poison() => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    record_poison(&self.pool, &self.config, &self.counters, &lease, &e.to_string()).await;
                     break;
                 }
                 Err(e) => {
@@ -212,7 +285,7 @@ impl Job {
                 }
             }
         }
-        beat.abort();
+        drop(beat);
     }
 
     async fn step(&self, row: &PayoutRow, lease: &Lease) -> Result<AfterWrite, EngineError> {
@@ -232,6 +305,58 @@ impl Job {
         if transition.to != row.state {
             tracing::info!(from = %row.state, to = %transition.to, reason = %transition.reason, "transition");
         }
-        Ok(if transition.to.is_final() { AfterWrite::Release } else { transition.after })
+        Ok(if transition.to.is_active() { transition.after } else { AfterWrite::Release })
     }
+}
+
+/// The span of one step: the messaging conventions' "process" span (kind consumer), a child of
+/// the trace context stored with the payout at enqueue, so that every step of a payout, in any
+/// worker process and however much later, lands in the payout's one trace.
+fn step_span(row: &PayoutRow, lease: &Lease) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process payouts",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.operation.type = "process",
+        messaging.operation.name = "step",
+        messaging.destination.name = "payouts",
+        messaging.message.id = %row.id,
+        payout.id = %row.id,
+        payout.account = %row.account,
+        payout.provider = %row.provider,
+        payout.state = %row.state,
+        payout.attempt = row.attempt,
+        payout.fencing_token = lease.fencing_token,
+        trace_id = tracing::field::Empty,
+        step.result = tracing::field::Empty,
+    );
+    payoutd_providers::telemetry::continue_trace(&span, row.traceparent.as_deref());
+    span
+}
+
+/// Ends a step's telemetry: its result on the span and in the duration histogram.
+fn record_step(
+    span: &tracing::Span,
+    row: &PayoutRow,
+    result: &Result<AfterWrite, EngineError>,
+    took: Duration,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(EngineError::Store(StoreError::LeaseLost(_))) => "lease_lost",
+        Err(e) if e.is_poison() => "poison",
+        Err(_) => "error",
+    };
+    span.record("step.result", outcome);
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    INSTRUMENTS.step_duration.record(
+        took.as_secs_f64(),
+        &[
+            KeyValue::new("provider", row.provider.clone()),
+            KeyValue::new("state", row.state.as_str()),
+            KeyValue::new("result", outcome),
+        ],
+    );
 }

@@ -1,7 +1,7 @@
 //! The command line. `anyhow` lives here, at the binary's edge, and nowhere below.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +11,7 @@ use payoutd_store::{api_tokens, payouts};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::local_postgres::LocalPostgres;
 use crate::{app, database, demo, telemetry};
 
 #[derive(Debug, Parser)]
@@ -19,8 +20,34 @@ pub struct Cli {
     /// TOML configuration file (environment variables override it).
     #[arg(long, global = true, env = "PAYOUTD_CONFIG")]
     config: Option<PathBuf>,
+    /// Without a database URL, use (and start if needed) payoutd's private Postgres under the
+    /// data dir. Also: PAYOUTD_EMBEDDED_POSTGRES=1 or `embedded_postgres = true`. Without it,
+    /// serve, worker, migrate, token and show refuse to start when DATABASE_URL is missing.
+    #[arg(long, global = true)]
+    embedded_postgres: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// Parses `args` (the program name first) as `main` parses the command line.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args)
+    }
+
+    /// The configuration this invocation runs with: the config file, then the environment as
+    /// `env` tells it, then the flags.
+    pub fn config_with_env(&self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let mut config = Config::load_with_env(self.config.as_deref(), env)?;
+        if self.embedded_postgres {
+            config.embedded_postgres = true;
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,10 +69,43 @@ enum Command {
     },
     /// Print a payout and its full event timeline.
     Show { id: uuid::Uuid },
+    /// Webhook endpoints, the delivery log and redelivery.
+    Webhook {
+        #[command(subcommand)]
+        command: crate::webhooks::WebhookCommand,
+    },
+    /// Mass-payout batches (`batch ...`, over the API) and `reconcile`.
+    #[command(flatten)]
+    Batches(crate::batch_cli::Commands),
     /// Run the 8B partner simulator standalone.
     Sandbox(SandboxArgs),
     /// Sandbox + workers + a few thousand payouts with faults on, then a summary.
     Demo(demo::DemoArgs),
+    /// payoutd's private Postgres cluster (the one `--embedded-postgres` and the demo use).
+    Postgres {
+        #[command(subcommand)]
+        command: PostgresCommand,
+    },
+    /// Operator controls: status, pause, resume, payout, limits, retention.
+    #[command(flatten)]
+    Operator(crate::operator_cli::OperatorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PostgresCommand {
+    /// Stop the private cluster (a fast shutdown: sessions end, nothing is lost).
+    Stop {
+        /// payoutd's data dir, whose `postgres` folder holds the cluster (default: `data_dir` /
+        /// PAYOUTD_DATA_DIR, else `.payoutd`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Say whether the private cluster is running, and where it lives.
+    Status {
+        /// As for `stop`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,26 +161,50 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Show { .. } | Command::Token { .. });
-    telemetry::init(if quiet { "error" } else { "info,sqlx=warn" });
-    let config = Config::load(cli.config.as_deref())?;
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_)
+            | Command::Show { .. }
+            | Command::Token { .. }
+            | Command::Postgres { .. }
+            | Command::Webhook { .. }
+            | Command::Operator(_)
+    );
+    let telemetry = telemetry::init(if quiet { "error" } else { "info,sqlx=warn" });
+    let result = match cli.config_with_env(|name| std::env::var(name).ok()) {
+        Ok(config) => execute(cli, config).await,
+        Err(e) => Err(e),
+    };
+    // Whatever happened, what was recorded leaves the process.
+    telemetry.shutdown().await;
+    result
+}
+
+/// Runs the command of `cli` with `config` (already loaded, see [`Cli::config_with_env`]).
+pub async fn execute(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen } => {
-            let connectors = app::connectors(&config)?;
             let pool = database::open(&config, pool_size(&config)).await?;
+            let connectors = app::connectors(&config, Some(&pool))?;
             let addr = listen.unwrap_or(config.listen);
             let listener =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             let shutdown = CancellationToken::new();
             app::cancel_on_signals(shutdown.clone());
-            app::run(pool, connectors, Some(listener), Some(config.engine.engine_config()), shutdown).await
+            let http = config.http_limits();
+            let engine = Some(config.engine_config());
+            let ops = app::operations(&config).await?;
+            app::run(pool, connectors, Some(listener), http, engine, &config.webhooks, ops, shutdown).await
         }
         Command::Worker => {
-            let connectors = app::connectors(&config)?;
             let pool = database::open(&config, pool_size(&config)).await?;
+            let connectors = app::connectors(&config, Some(&pool))?;
             let shutdown = CancellationToken::new();
             app::cancel_on_signals(shutdown.clone());
-            app::run(pool, connectors, None, Some(config.engine.engine_config()), shutdown).await
+            let http = config.http.limits();
+            let engine = Some(config.engine_config());
+            let ops = app::operations(&config).await?;
+            app::run(pool, connectors, None, http, engine, &config.webhooks, ops, shutdown).await
         }
         Command::Migrate => {
             database::open(&config, 2).await?;
@@ -129,9 +213,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { command } => token(&config, command).await,
         Command::Show { id } => show(&config, id).await,
+        Command::Webhook { command } => crate::webhooks::run(&config, command).await,
+        Command::Batches(commands) => crate::batch_cli::run(&config, commands).await,
         Command::Sandbox(args) => sandbox(args).await,
         Command::Demo(args) => demo::run(&config, args).await,
+        Command::Postgres { command } => postgres(&config, command).await,
+        Command::Operator(command) => crate::operator_cli::run(&config, command).await,
     }
+}
+
+async fn postgres(config: &Config, command: PostgresCommand) -> anyhow::Result<()> {
+    let (stop, data_dir) = match command {
+        PostgresCommand::Stop { data_dir } => (true, data_dir),
+        PostgresCommand::Status { data_dir } => (false, data_dir),
+    };
+    let data_dir = data_dir.unwrap_or_else(|| config.data_dir.clone());
+    let requested = data_dir.join("postgres");
+    let Some(pg) = LocalPostgres::locate(&requested)
+        .await
+        .with_context(|| format!("looking for payoutd's private Postgres under {}", data_dir.display()))?
+    else {
+        println!("no private Postgres under {}", display_dir(&data_dir));
+        return Ok(());
+    };
+    let pid = pg.running_pid().context("asking pg_ctl for the server's status")?;
+    match (stop, pid) {
+        (false, Some(pid)) => {
+            println!("running (pid {pid})");
+            println!("  data dir  {}", pg.data_dir().display());
+            println!("  socket    {}", pg.socket_dir().display());
+            println!("  log       {}", pg.log_file().display());
+            println!("  stop it with: {}", database::stop_command(&data_dir));
+        }
+        (false, None) => println!("stopped (data dir {})", pg.data_dir().display()),
+        (true, None) => println!("not running (data dir {})", pg.data_dir().display()),
+        (true, Some(pid)) => {
+            let dir = pg.data_dir().to_path_buf();
+            tokio::task::spawn_blocking(move || pg.stop())
+                .await?
+                .with_context(|| format!("stopping the private Postgres in {}", dir.display()))?;
+            println!("stopped the private Postgres (pid {pid}, data dir {})", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn display_dir(dir: &Path) -> String {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()).display().to_string()
 }
 
 fn pool_size(config: &Config) -> u32 {

@@ -15,7 +15,10 @@ use payoutd_providers::eightb_partner::{EightBPartner, EightBPartnerConfig};
 use payoutd_sandbox::{Faults, Sandbox, SandboxConfig};
 use payoutd_store::{api_tokens, stats};
 use rust_decimal::Decimal;
+use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
+
+use crate::database::{self, Fallback};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -31,12 +34,50 @@ pub struct DemoArgs {
     /// Run with no faults injected.
     #[arg(long)]
     no_faults: bool,
+    /// Leave the private Postgres running after the demo (when the demo started it). By
+    /// default a cluster the demo started is stopped when it ends, even on failure or Ctrl-C.
+    #[arg(long)]
+    keep_postgres: bool,
 }
 
 /// The demo's database, recreated on every run.
 const DEMO_DATABASE: &str = "payoutd_demo";
 
 pub async fn run(config: &crate::config::Config, args: DemoArgs) -> anyhow::Result<()> {
+    // Zero setup: without a database URL the demo uses the private cluster unasked.
+    let source = database::source(config, Fallback::Embedded)?;
+    let target = database::resolve(config, source, None).await?;
+    if let Some(private) = &target.cluster {
+        database::announce(config, private, !args.keep_postgres);
+    }
+    let keep_postgres = args.keep_postgres;
+    let result = tokio::select! {
+        result = run_on(target.options, args) => result,
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted.context("waiting for Ctrl-C")?;
+            Err(anyhow::anyhow!("interrupted"))
+        }
+    };
+    // Stop only a cluster this run started: one found running belongs to someone else.
+    if let Some(private) = target.cluster.filter(|p| p.started_now) {
+        if keep_postgres {
+            eprintln!(
+                "payoutd: the private Postgres keeps running; stop it with: {}",
+                database::stop_command(&config.data_dir)
+            );
+        } else {
+            let pg = private.cluster;
+            match tokio::task::spawn_blocking(move || pg.stop()).await {
+                Ok(Ok(())) => eprintln!("payoutd: stopped the private Postgres the demo started"),
+                Ok(Err(e)) => eprintln!("payoutd: could not stop the private Postgres: {e}"),
+                Err(e) => eprintln!("payoutd: could not stop the private Postgres: {e}"),
+            }
+        }
+    }
+    result
+}
+
+async fn run_on(options: PgConnectOptions, args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     println!(
         "payoutd demo: {} payouts, {} workers, faults {}",
@@ -45,9 +86,11 @@ pub async fn run(config: &crate::config::Config, args: DemoArgs) -> anyhow::Resu
         if args.no_faults { "off" } else { "on" }
     );
 
-    let pool = fresh_database(config).await?;
+    let pool = fresh_database(options).await?;
     let secret = Secret::new(format!("demo-secret-{}", uuid::Uuid::new_v4().simple()));
-    let status_interval = Duration::from_secs(1);
+    // Demo timings, shortened within the production constraint: status interval (4 s) longer
+    // than request timeout (0.8 s) + lease (2 s) + safety margin (0.5 s).
+    let status_interval = Duration::from_secs(4);
 
     // The API listener first: the sandbox needs its callback address.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -81,6 +124,9 @@ pub async fn run(config: &crate::config::Config, args: DemoArgs) -> anyhow::Resu
         let engine = EngineConfig {
             worker_id: format!("demo-worker-{n}"),
             concurrency: args.concurrency.max(1),
+            lease: Duration::from_secs(2),
+            heartbeat_every: Duration::from_millis(500),
+            safety_margin: Duration::from_millis(500),
             idle_poll: Duration::from_millis(200),
             provider_calls_per_second: 2000,
             call_retry: payoutd_core::RetryPolicy {
@@ -95,7 +141,7 @@ pub async fn run(config: &crate::config::Config, args: DemoArgs) -> anyhow::Resu
             },
             ..EngineConfig::default()
         };
-        let worker = Worker::new(pool.clone(), connectors.clone(), engine);
+        let worker = Worker::new(pool.clone(), connectors.clone(), engine).context("demo engine settings")?;
         let stop = shutdown.clone();
         services.spawn(async move {
             worker.run(stop).await;
@@ -197,11 +243,14 @@ fn demo_faults() -> Faults {
         // A 429 pauses the provider for every worker (Retry-After: 1 s), as it should; more
         // than a few of them would turn the demo into a demonstration of waiting.
         rate_limit_rate: 0.001,
+        // The provider's intake lags: a payout shows up in `check` only a while after it moved
+        // money, so one NOT_FOUND alone never justifies a resubmit.
+        ingestion_delay: Duration::from_secs(2),
     }
 }
 
-async fn fresh_database(config: &crate::config::Config) -> anyhow::Result<payoutd_store::PgPool> {
-    let admin_options = crate::database::connect_options(config, None).await?;
+async fn fresh_database(admin_options: PgConnectOptions) -> anyhow::Result<payoutd_store::PgPool> {
+    database::check_reachable(&admin_options, database::STARTUP_CONNECT_TIMEOUT).await?;
     let admin = payoutd_store::connect(admin_options.clone(), 2).await.context("connecting to Postgres")?;
     sqlx::query("DROP DATABASE IF EXISTS payoutd_demo WITH (FORCE)").execute(&admin).await?;
     sqlx::query("CREATE DATABASE payoutd_demo").execute(&admin).await?;

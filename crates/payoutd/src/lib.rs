@@ -7,11 +7,20 @@
 //! - [`database`]: picks DATABASE_URL or the private cluster, connects, migrates.
 //! - [`app`]: builds connectors and runs the API and worker until a signal.
 //! - [`demo`]: the end-to-end demonstration.
+//! - [`webhooks`]: the `[webhooks]` settings and the `payoutd webhook ...` commands.
+//! - [`batch_cli`]: the `[batches]` settings, `payoutd batch ...` (over the API) and
+//!   `payoutd reconcile`.
+//! - [`operator_cli`]: the `[operator]` and `[retention]` settings and the operator commands
+//!   (status, pause, resume, payout, limits, retention).
 
+pub mod accounts;
 pub mod app;
+pub mod batch_cli;
 pub mod cli;
 pub mod config;
 pub mod database;
 pub mod demo;
 pub mod local_postgres;
+pub mod operator_cli;
 pub mod telemetry;
+pub mod webhooks;

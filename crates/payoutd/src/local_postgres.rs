@@ -167,12 +167,45 @@ impl LocalPostgres {
     /// Safe to call concurrently from many processes: the whole check/init/start
     /// sequence runs under an exclusive lock on `<parent>/<name>.lock`.
     pub async fn ensure_running(data_dir: &Path) -> Result<LocalPostgres> {
+        Ok(Self::ensure_running_reporting(data_dir).await?.0)
+    }
+
+    /// [`Self::ensure_running`], also saying whether this call started the server (`true`) or
+    /// found it running (`false`). Only a caller that started it should think of stopping it.
+    pub async fn ensure_running_reporting(data_dir: &Path) -> Result<(LocalPostgres, bool)> {
         let requested = data_dir.to_path_buf();
         let (pg, lock) = tokio::task::spawn_blocking(move || prepare(&requested)).await??;
         pg.init_if_needed().await?;
-        pg.start_if_needed().await?;
+        let started = pg.start_if_needed().await?;
         drop(lock);
-        Ok(pg)
+        Ok((pg, started))
+    }
+
+    /// The cluster under `data_dir` without starting anything: `None` when no cluster was ever
+    /// created there. For `payoutd postgres stop` / `status`.
+    pub async fn locate(data_dir: &Path) -> Result<Option<LocalPostgres>> {
+        let requested = std::path::absolute(data_dir).map_err(io_err("resolve", data_dir))?;
+        if !requested.parent().is_some_and(Path::is_dir) {
+            return Ok(None);
+        }
+        let (pg, lock) = tokio::task::spawn_blocking(move || prepare(&requested)).await??;
+        drop(lock);
+        Ok(pg.data_dir.join("PG_VERSION").is_file().then_some(pg))
+    }
+
+    /// The postmaster's pid when the server is running (`pg_ctl status`), else `None`.
+    pub fn running_pid(&self) -> Result<Option<u32>> {
+        let status = self.runner.command(
+            &self.bin_dir.join("pg_ctl"),
+            &[OsStr::new("-D"), self.data_dir.as_os_str(), OsStr::new("status")],
+        );
+        let (command, output) = run_blocking(status)?;
+        match output.status.code() {
+            Some(0) => Ok(read_pid(&self.data_dir.join("postmaster.pid"))),
+            // 3: not running; 4: no accessible data directory.
+            Some(3 | 4) => Ok(None),
+            _ => check(command, output, Some(&self.log_file)).map(|_| None),
+        }
     }
 
     /// Connect options for database `db` over the private Unix socket.
@@ -342,16 +375,17 @@ impl LocalPostgres {
         run_checked(chown, None).await.map(drop)
     }
 
-    async fn start_if_needed(&self) -> Result<()> {
+    /// Whether this call started the server.
+    async fn start_if_needed(&self) -> Result<bool> {
         let first_error = match self.probe().await? {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(false),
             Err(err) => err,
         };
         if let Some(pid) = read_pid(&self.data_dir.join("postmaster.pid"))
             && postmaster_alive(pid, &self.data_dir)
         {
             // Ours and alive, maybe still starting up or recovering.
-            return self.wait_ready(first_error).await;
+            return self.wait_ready(first_error).await.map(|()| false);
         }
         self.remove_stale_lock_files()?;
         let timeout = START_TIMEOUT_SECS.to_string();
@@ -376,8 +410,8 @@ impl LocalPostgres {
         );
         run_checked(start, Some(&self.log_file)).await?;
         match self.probe().await? {
-            Ok(()) => Ok(()),
-            Err(err) => self.wait_ready(err).await,
+            Ok(()) => Ok(true),
+            Err(err) => self.wait_ready(err).await.map(|()| true),
         }
     }
 

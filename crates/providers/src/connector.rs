@@ -10,6 +10,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+pub use payoutd_core::provider_outcome::{
+    CheckOutcome, ProviderError, ProviderStatus, StatusLookup, SubmitOutcome, VerifiedCallback,
+};
 use payoutd_core::{Destination, Money};
 use rust_decimal::Decimal;
 
@@ -32,98 +35,57 @@ pub struct FrozenRequest {
     pub body: serde_json::Value,
 }
 
-/// Answer to "can this payout go?".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckOutcome {
-    Go,
-    /// Not now: e.g. the balance is below the amount. Worth asking again later.
-    NotNow {
-        reason: String,
-    },
-}
-
-/// The classified outcome of the one call that moves money (DESIGN rule 4).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubmitOutcome {
-    /// The provider took the payout; its final result comes by callback or status poll.
-    Accepted,
-    /// The provider answered with a final result already.
-    Paid,
-    /// The provider said no. Nothing was paid.
-    Rejected { reason: String },
-    /// The request provably did not reach the provider (connection refused, 429): safe to send
-    /// again later under the same reference.
-    NotSent { reason: String, retry_after: Option<Duration> },
-    /// Unknown whether the provider executed it: timeout, reset, 5xx, unreadable answer.
-    InDoubt { reason: String },
-}
-
-/// The provider's view of a payout, asked by our reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProviderStatus {
-    Paid,
-    Failed {
-        reason: String,
-    },
-    Processing,
-    /// The provider has no payout under our reference.
-    NotFound,
-}
-
-/// A read-only call (check, status) that gave no usable answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProviderError {
-    /// Timeout, connection problem, 5xx, unreadable answer: try again later.
-    #[error("transient provider error: {reason}")]
-    Transient { reason: String, retry_after: Option<Duration> },
-    /// 429: the provider asks us to slow down.
-    #[error("rate limited by the provider")]
-    RateLimited { retry_after: Option<Duration> },
-    /// The provider refused the request itself (bad signature, bad parameters).
-    #[error("provider refused the request: {reason}")]
-    Refused { reason: String },
-}
-
-impl ProviderError {
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Transient { retry_after, .. } | Self::RateLimited { retry_after } => *retry_after,
-            Self::Refused { .. } => None,
-        }
-    }
-}
-
-/// A callback whose signature checked out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedCallback {
-    /// Our reference, as the provider echoes it.
-    pub reference: String,
-    pub amount: Decimal,
-    /// Present when the provider's callback carries it (the 8B partner callback does not).
-    pub currency: Option<String>,
-    pub status: ProviderStatus,
-    /// Equal for two deliveries of the same notification; duplicates are no-ops.
-    pub dedupe_key: String,
-}
-
 /// The result of checking an incoming callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallbackVerdict {
     Verified(VerifiedCallback),
-    /// Signature wrong or fields missing. `reference` is what the body claimed, if readable,
-    /// so the engine can ask the provider directly instead.
+    /// Signature wrong or fields missing, or a provider whose callbacks carry no signature
+    /// (8B REST): the content is not trusted. `reference` (ours) or `provider_id` (theirs) is
+    /// what the request claimed, if readable, so the engine can ask the provider directly.
     Unverifiable {
         reason: String,
         reference: Option<String>,
+        provider_id: Option<String>,
     },
+    /// The request is not addressed to a valid callback URL of this account (a wrong secret
+    /// path segment or capability token): it is not stored and changes nothing.
+    NotOurs {
+        reason: String,
+    },
+}
+
+/// An incoming provider callback, as received: the path below `/v1/callbacks/{account}`
+/// (8B REST puts the transaction id there, 88Pay's capability URL its token), the headers and
+/// the exact body bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingCallback<'a> {
+    /// The rest of the path after the account, without the leading slash ("" when none).
+    pub path: &'a str,
+    pub headers: &'a reqwest::header::HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// What a provider says of one of its payouts when asked by its own id: enough to tell whether
+/// it is ours (reference, amount, currency) before believing its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRecord {
+    pub provider_id: String,
+    pub reference: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: ProviderStatus,
 }
 
 /// One payment provider.
 pub trait Connector: Send + Sync + 'static {
-    /// Stable name, stored on each payout ("8b_partner").
-    fn name(&self) -> &'static str;
+    /// The configured account name, stored on each payout and used for its callback route
+    /// and rate limit ("8b_partner" for the default account of an upgraded deployment).
+    fn name(&self) -> &str;
 
-    /// The account (service id, merchant id) the payouts go out from; not a secret.
+    /// The provider kind: "8b_partner", "8b_rest" or "88pay".
+    fn kind(&self) -> &'static str;
+
+    /// The provider's own id of the account (service id, login, merchant id); not a secret.
     fn account(&self) -> String;
 
     /// Step "check": can this payout go?
@@ -136,21 +98,48 @@ pub trait Connector: Send + Sync + 'static {
     fn freeze_submit(&self, payout: &PayoutForProvider, reference: &str, now: DateTime<Utc>)
     -> FrozenRequest;
 
+    /// The account's balance, where the provider has a balance call (`None` where it has not).
+    /// Read-only; polled on a timer for the balance gauge.
+    fn balance(&self) -> Option<BoxFuture<'_, Result<Decimal, ProviderError>>> {
+        None
+    }
+
     /// Step "submit": the one call that moves money.
     fn submit<'a>(&'a self, request: &'a FrozenRequest) -> BoxFuture<'a, SubmitOutcome>;
 
-    /// Ask the provider for the payout's status by our reference.
+    /// Ask the provider for the payout's status: by our reference, or by the provider's id
+    /// where [`Connector::status_lookup`] says so (`provider_id` is then `Some`).
     fn status<'a>(
         &'a self,
         request: &'a FrozenRequest,
+        provider_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<ProviderStatus, ProviderError>>;
+
+    /// How this provider lets us learn an outcome after submit.
+    fn status_lookup(&self) -> StatusLookup {
+        StatusLookup::ByReference
+    }
+
+    /// Asks the provider about one of its payouts by its own id, for providers whose webhooks
+    /// name only that id (8B REST). `None` where the provider has no such call.
+    fn find_by_provider_id<'a>(
+        &'a self,
+        _provider_id: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Option<ProviderRecord>, ProviderError>>> {
+        None
+    }
 
     /// The provider's minimum wait between submit and the first status query (8B partner: one
     /// minute); the engine polls no more often than this either.
     fn min_status_interval(&self) -> Duration;
 
-    /// Checks an incoming callback over the exact bytes received.
-    fn verify_callback(&self, body: &[u8]) -> CallbackVerdict;
+    /// The longest any single call to the provider may take, answer included. A request still
+    /// in flight after this is abandoned, so it cannot reach the provider later than this after
+    /// it was sent; the engine's resubmit rule builds on that.
+    fn request_timeout(&self) -> Duration;
+
+    /// Checks an incoming callback: its path, headers and the exact bytes received.
+    fn verify_callback(&self, callback: &IncomingCallback<'_>) -> CallbackVerdict;
 
     /// The body the provider expects in answer to a callback (8B partner: "OK" / "ERROR").
     fn callback_answer(&self, accepted: bool) -> &'static str;

@@ -5,13 +5,20 @@
 //! provably did not reach the provider (safe to send again), while a timeout or a reset after
 //! connecting leaves the outcome unknown. Error texts built here never include the URL or the
 //! request body, because bodies carry signatures and some providers put credentials in URLs.
+//!
+//! Every call is a client span (method, URL path without query, template, status, outcome
+//! class) whose `traceparent` travels with the request, and is timed and counted by outcome
+//! class (see [`crate::telemetry`]).
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use tracing::Instrument;
+
+use crate::telemetry::{self, CallName, OutcomeClass};
 
 /// Provider answers are a few hundred bytes; anything far larger is not an answer we can trust.
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
@@ -48,6 +55,15 @@ impl FailureKind {
     /// Whether the provider may have received (and executed) the request.
     pub fn may_have_been_sent(self) -> bool {
         !matches!(self, Self::Connect)
+    }
+
+    /// The telemetry's name for how far the request got.
+    pub fn class(self) -> OutcomeClass {
+        match self {
+            Self::Connect => OutcomeClass::ConnectError,
+            Self::Timeout => OutcomeClass::Timeout,
+            Self::Other => OutcomeClass::TransportError,
+        }
     }
 }
 
@@ -118,13 +134,67 @@ pub struct HttpAnswer {
     pub body: String,
 }
 
-/// POSTs `fields` as `application/x-www-form-urlencoded` and reads the whole answer.
+/// POSTs `fields` as `application/x-www-form-urlencoded` and reads the whole answer, inside a
+/// client span named after `call` whose trace context goes out as `traceparent`.
 pub async fn post_form(
     client: &reqwest::Client,
+    call: &CallName<'_>,
     url: &str,
     fields: &[(&str, &str)],
 ) -> Result<HttpAnswer, SendError> {
-    let mut response = client.post(url).form(fields).send().await.map_err(|e| SendError::from_reqwest(&e))?;
+    send(client, call, reqwest::Method::POST, url, |r| r.form(fields)).await
+}
+
+/// Sends one request (`build` adds headers and body) and reads the whole answer, inside a
+/// client span named after `call` whose trace context goes out as `traceparent`. The span
+/// carries the method, the URL path (never the query), the status and the outcome class.
+pub async fn send(
+    client: &reqwest::Client,
+    call: &CallName<'_>,
+    method: reqwest::Method,
+    url: &str,
+    build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Result<HttpAnswer, SendError> {
+    // Only the path: a query string could carry credentials with some providers.
+    let parsed = reqwest::Url::parse(url).ok();
+    let span = tracing::info_span!(
+        "provider call",
+        otel.name = format!("{method} {}", call.url_template),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method.as_str(),
+        url.path = parsed.as_ref().map(|u| u.path()).unwrap_or(""),
+        url.template = call.url_template,
+        server.address = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or(""),
+        server.port = parsed.as_ref().and_then(|u| u.port_or_known_default()).unwrap_or(0),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        payout.provider = call.provider,
+        payout.account = call.account,
+        provider.operation = call.operation,
+        outcome = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let request = build(client.request(method, url).headers(telemetry::propagation_headers(&span)));
+    let result = read_answer(request).instrument(span.clone()).await;
+    let class = match &result {
+        Ok(answer) => OutcomeClass::of_status(answer.status),
+        Err(e) => e.kind.class(),
+    };
+    if let Ok(answer) = &result {
+        span.record("http.response.status_code", answer.status.as_u16());
+    }
+    span.record("outcome", class.as_str());
+    if class != OutcomeClass::Ok {
+        span.record("error.type", class.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    telemetry::record_call(call, class, started.elapsed().as_secs_f64());
+    result
+}
+
+async fn read_answer(request: reqwest::RequestBuilder) -> Result<HttpAnswer, SendError> {
+    let mut response = request.send().await.map_err(|e| SendError::from_reqwest(&e))?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let mut bytes = Vec::new();
@@ -161,6 +231,10 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    fn test_call() -> CallName<'static> {
+        CallName { provider: "test", operation: "op", url_template: "/x", account: "acct" }
+    }
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 10, 21, 7, 28, 0).single().expect("valid date")
@@ -202,7 +276,7 @@ mod tests {
         drop(listener);
         let client = build_client(Duration::from_secs(2)).expect("client");
         let url = format!("http://{addr}/partner/secret-path/payout");
-        let err = post_form(&client, &url, &[("hash", "abc")]).await.unwrap_err();
+        let err = post_form(&client, &test_call(), &url, &[("hash", "abc")]).await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Connect);
         assert!(!err.kind.may_have_been_sent());
         assert!(!err.to_string().contains("secret-path"), "{err}");
@@ -219,7 +293,7 @@ mod tests {
             drop(conn);
         });
         let client = build_client(Duration::from_millis(200)).expect("client");
-        let err = post_form(&client, &format!("http://{addr}/x"), &[]).await.unwrap_err();
+        let err = post_form(&client, &test_call(), &format!("http://{addr}/x"), &[]).await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Timeout);
         assert!(err.kind.may_have_been_sent());
         server.abort();

@@ -1,4 +1,4 @@
-//! The configured connectors, by provider name.
+//! The configured connectors, by account name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use crate::Connector;
 
 #[derive(Clone, Default)]
 pub struct Connectors {
-    by_name: BTreeMap<&'static str, Arc<dyn Connector>>,
+    by_name: BTreeMap<String, Arc<dyn Connector>>,
 }
 
 impl Connectors {
@@ -16,7 +16,7 @@ impl Connectors {
     }
 
     pub fn with(mut self, connector: Arc<dyn Connector>) -> Self {
-        self.by_name.insert(connector.name(), connector);
+        self.by_name.insert(connector.name().to_owned(), connector);
         self
     }
 
@@ -24,7 +24,11 @@ impl Connectors {
         self.by_name.get(name)
     }
 
-    pub fn names(&self) -> Vec<&'static str> {
-        self.by_name.keys().copied().collect()
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Connector>> {
+        self.by_name.values()
     }
 }

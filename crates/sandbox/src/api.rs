@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::callbacks::{self, Plan};
 use crate::config::Faults;
 use crate::ledger::{Execution, PayoutRequest};
+use crate::runtime::{self, TurnedAway};
 use crate::server::Sandbox;
 
 type Shared = State<Arc<Sandbox>>;
@@ -31,6 +32,7 @@ pub(crate) fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/partner/{service_id}/payout", post(payout))
         .route("/partner/{service_id}/check", post(check))
         .route("/partner/{service_id}/balance", post(balance))
+        .route("/payout_reestr/", get(crate::registry::registry))
         .route("/_sandbox/ledger", get(ledger))
         .route("/_sandbox/stats", get(stats))
         .with_state(sandbox)
@@ -48,27 +50,21 @@ fn error_answer(id: &str, error: &str) -> Response {
     xml(write_result_answer(id, ResultCode::Error, Some(error)))
 }
 
-/// Latency, then 429 or 5xx by their rates; `Some` is the answer to give instead.
+/// The front-door faults ([`runtime::front_door`]), answered in plain text and HTML like a
+/// proxy in front of the API would.
 async fn front_door(sandbox: &Sandbox, faults: &Faults) -> Option<Response> {
-    let latency = sandbox.dice.up_to(faults.max_latency);
-    if !latency.is_zero() && !sandbox.sleep(latency).await {
-        return Some(StatusCode::SERVICE_UNAVAILABLE.into_response());
-    }
-    if sandbox.dice.roll(faults.rate_limit_rate) {
-        sandbox.with_ledger(|l| l.stats.rate_limited += 1);
-        return Some(
-            (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], "Too Many Requests")
-                .into_response(),
-        );
-    }
-    if sandbox.dice.roll(faults.error_5xx_rate) {
-        sandbox.with_ledger(|l| l.stats.errors_5xx += 1);
-        return Some(
-            (StatusCode::INTERNAL_SERVER_ERROR, "<html><body>Internal Server Error</body></html>")
-                .into_response(),
-        );
-    }
-    None
+    runtime::front_door(&sandbox.runtime, &sandbox.dice, faults, |turned| match turned {
+        TurnedAway::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        TurnedAway::RateLimited => {
+            sandbox.with_ledger(|l| l.stats.rate_limited += 1);
+            (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").into_response()
+        }
+        TurnedAway::ServerError => {
+            sandbox.with_ledger(|l| l.stats.errors_5xx += 1);
+            runtime::html_500()
+        }
+    })
+    .await
 }
 
 /// The decoded fields of a request, in the order received.
@@ -222,7 +218,7 @@ async fn payout(State(sandbox): Shared, Path(service_id): Path<String>, body: By
         if let Some(finalized) = finalized {
             sandbox.with_ledger(|l| l.stats.early_callbacks += 1);
             if !callbacks::first_attempt(&sandbox, &finalized, plan).await {
-                sandbox.spawn(callbacks::redeliver(sandbox.clone(), finalized));
+                sandbox.runtime.spawn(callbacks::redeliver(sandbox.clone(), finalized));
             }
         }
     } else {
@@ -231,12 +227,15 @@ async fn payout(State(sandbox): Shared, Path(service_id): Path<String>, body: By
 
     if hold_answer {
         sandbox.with_ledger(|l| l.stats.timeouts_after_execute += 1);
-        sandbox.sleep(faults.timeout_delay).await;
+        sandbox.runtime.sleep(faults.timeout_delay).await;
     }
     answer(&id, ResultCode::Ok)
 }
 
 async fn check(State(sandbox): Shared, Path(service_id): Path<String>, body: Bytes) -> Response {
+    // Spacing is judged by arrival, before the latency fault: that delay is the sandbox's own
+    // and must not make two well-spaced checks look too close.
+    let arrived = Instant::now();
     let faults = sandbox.faults();
     let (form, id) = match admit(&sandbox, &faults, &body).await {
         Ok(admitted) => admitted,
@@ -247,7 +246,8 @@ async fn check(State(sandbox): Shared, Path(service_id): Path<String>, body: Byt
         Err(refusal) => return refusal.answer(&sandbox, &id),
     };
     let min_delay = sandbox.config().min_check_delay;
-    let Some(entry) = sandbox.with_ledger(|l| l.check(&id, Instant::now(), min_delay)) else {
+    let Some(entry) = sandbox.with_ledger(|l| l.check(&id, arrived, min_delay, faults.ingestion_delay))
+    else {
         return answer(&id, ResultCode::NotFound);
     };
     if Decimal::from_str(&entry.amount).ok() != Decimal::from_str(amount).ok() {

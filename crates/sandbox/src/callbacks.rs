@@ -89,15 +89,11 @@ pub(crate) async fn first_attempt(sandbox: &Sandbox, finalized: &Finalized, plan
 
 /// The redeliveries after a first attempt that was not answered "OK" or "ERROR".
 pub(crate) async fn redeliver(sandbox: Arc<Sandbox>, finalized: Finalized) {
-    for delay in retry_delays(sandbox.callback_schedule_scale()) {
-        if !sandbox.sleep(delay).await {
-            return;
-        }
-        if post(&sandbox, &finalized).await.is_final() {
-            return;
-        }
+    let schedule = retry_delays(sandbox.callback_schedule_scale());
+    let attempt = || async { post(&sandbox, &finalized).await.is_final() };
+    if sandbox.runtime.redeliver(schedule, attempt).await {
+        tracing::warn!(id = %finalized.id, "sandbox callback schedule exhausted without an OK");
     }
-    tracing::warn!(id = %finalized.id, "sandbox callback schedule exhausted without an OK");
 }
 
 /// The whole delivery: first attempt, then the schedule.
@@ -114,7 +110,7 @@ async fn post(sandbox: &Sandbox, finalized: &Finalized) -> Answer {
     };
     let form = callback_form(finalized, sandbox.secret());
     sandbox.with_ledger(|l| l.stats.callbacks_sent += 1);
-    let answer = match sandbox.http().post(&url).form(&form).send().await {
+    let answer = match sandbox.runtime.http().post(&url).form(&form).send().await {
         Ok(response) if response.status() == reqwest::StatusCode::OK => {
             match response.text().await.as_deref().map(str::trim) {
                 Ok("OK") => Answer::Acknowledged,

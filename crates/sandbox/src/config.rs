@@ -23,7 +23,9 @@ pub struct SandboxConfig {
     /// redeliveries a hundred times faster for tests.
     pub callback_schedule_scale: f64,
     /// The spec asks for status checks "at least one minute after transaction initialization";
-    /// earlier checks are still answered but counted as `early_checks`.
+    /// earlier checks are still answered but counted as `early_checks`. The same delay is the
+    /// minimum spacing between two checks of one id; closer ones are counted as
+    /// `checks_too_soon`.
     pub min_check_delay: Duration,
     /// Seed of the random source behind the fault rates, so a run can be repeated.
     pub seed: u64,
@@ -73,6 +75,11 @@ pub struct Faults {
     pub drop_callback_rate: f64,
     /// HTTP 429 with `Retry-After: 1`; nothing is executed.
     pub rate_limit_rate: f64,
+    /// Delayed ingestion: a payout becomes visible to `check` only this long after its first
+    /// submit arrived; until then `check` answers NOT_FOUND although the money moved. A real
+    /// provider's asynchronous intake behaves like this, and it is what makes one NOT_FOUND
+    /// too weak a reason to resubmit.
+    pub ingestion_delay: Duration,
 }
 
 impl Default for Faults {
@@ -89,6 +96,7 @@ impl Default for Faults {
             early_callback_rate: 0.0,
             drop_callback_rate: 0.0,
             rate_limit_rate: 0.0,
+            ingestion_delay: Duration::ZERO,
         }
     }
 }

@@ -76,7 +76,15 @@ pub struct SandboxStats {
     pub checks: u64,
     /// Checks sooner than `min_check_delay` after the payout's first submit.
     pub early_checks: u64,
+    /// Checks sooner than `min_check_delay` after the previous check of the same id (known to
+    /// the ledger or not): the spacing rule between two status queries.
+    pub checks_too_soon: u64,
+    /// The first ten early and the first ten too-soon checks, described (id and gap), to find
+    /// them again.
+    pub check_spacing_examples: Vec<String>,
     pub checks_per_id: BTreeMap<String, u64>,
+    /// Checks answered NOT_FOUND for an executed payout not yet ingested (delayed ingestion).
+    pub checks_before_ingestion: u64,
     pub balance_requests: u64,
     /// Callback POSTs made, duplicates and retries included.
     pub callbacks_sent: u64,
@@ -126,6 +134,10 @@ pub(crate) struct Finalized {
     pub at: DateTime<Utc>,
 }
 
+/// How many early, and how many too-soon, checks [`SandboxStats::check_spacing_examples`]
+/// describes.
+const MAX_SPACING_EXAMPLES: u64 = 10;
+
 struct Record {
     entry: LedgerEntry,
     first_submit: Instant,
@@ -135,12 +147,19 @@ struct Record {
 pub(crate) struct Ledger {
     balance: Decimal,
     records: BTreeMap<String, Record>,
+    /// When each id was last checked, for `checks_too_soon`.
+    last_checks: BTreeMap<String, Instant>,
     pub(crate) stats: SandboxStats,
 }
 
 impl Ledger {
     pub(crate) fn new(balance: Decimal) -> Self {
-        Self { balance, records: BTreeMap::new(), stats: SandboxStats::default() }
+        Self {
+            balance,
+            records: BTreeMap::new(),
+            last_checks: BTreeMap::new(),
+            stats: SandboxStats::default(),
+        }
     }
 
     pub(crate) fn balance(&self) -> Decimal {
@@ -224,19 +243,45 @@ impl Ledger {
         })
     }
 
-    /// Records a check of `id` and answers its status, if the id is known. Counts it as early
-    /// when it comes sooner than `min_delay` after the first submit.
+    /// Records a check of `id` (arrived at `at`) and answers its status, if the id is known and
+    /// already ingested (`ingestion_delay` after its first submit). Counts it as early when it
+    /// comes sooner than `min_delay` after the first submit, and as too soon when it comes sooner
+    /// than `min_delay` after the previous check of the same id.
     pub(crate) fn check(
         &mut self,
         id: &str,
         at: Instant,
         min_delay: std::time::Duration,
+        ingestion_delay: std::time::Duration,
     ) -> Option<LedgerEntry> {
         self.stats.checks += 1;
         *self.stats.checks_per_id.entry(id.to_owned()).or_default() += 1;
+        if let Some(previous) = self.last_checks.insert(id.to_owned(), at) {
+            let gap = at.saturating_duration_since(previous);
+            if gap < min_delay {
+                self.stats.checks_too_soon += 1;
+                let nth = self.stats.checks_too_soon;
+                spacing_example(
+                    &mut self.stats,
+                    nth,
+                    format!("{id}: checked {gap:?} after its previous check"),
+                );
+            }
+        }
         let record = self.records.get(id)?;
-        if at.saturating_duration_since(record.first_submit) < min_delay {
+        let since_submit = at.saturating_duration_since(record.first_submit);
+        if since_submit < min_delay {
             self.stats.early_checks += 1;
+            let nth = self.stats.early_checks;
+            spacing_example(
+                &mut self.stats,
+                nth,
+                format!("{id}: checked {since_submit:?} after its first submit"),
+            );
+        }
+        if since_submit < ingestion_delay {
+            self.stats.checks_before_ingestion += 1;
+            return None;
         }
         Some(record.entry.clone())
     }
@@ -257,6 +302,13 @@ impl Ledger {
 
     pub(crate) fn stats(&self) -> SandboxStats {
         SandboxStats { balance: self.balance, ..self.stats.clone() }
+    }
+}
+
+/// Keeps the description of the `nth` early (or too-soon) check if it is among the first few.
+fn spacing_example(stats: &mut SandboxStats, nth: u64, example: String) {
+    if nth <= MAX_SPACING_EXAMPLES {
+        stats.check_spacing_examples.push(example);
     }
 }
 
@@ -352,12 +404,51 @@ mod tests {
         let at = Instant::now();
         ledger.execute(&request("a", 1), Utc::now(), at);
         let min = Duration::from_secs(60);
-        assert!(ledger.check("a", at + Duration::from_secs(1), min).is_some());
-        assert!(ledger.check("a", at + Duration::from_secs(61), min).is_some());
-        assert!(ledger.check("nope", at, min).is_none());
+        let none = Duration::ZERO;
+        assert!(ledger.check("a", at + Duration::from_secs(1), min, none).is_some());
+        assert!(ledger.check("a", at + Duration::from_secs(61), min, none).is_some());
+        assert!(ledger.check("nope", at, min, none).is_none());
         let stats = ledger.stats();
         assert_eq!((stats.checks, stats.early_checks), (3, 1));
         assert_eq!(stats.checks_per_id.get("a"), Some(&2));
         assert_eq!(stats.checks_per_id.get("nope"), Some(&1));
+    }
+
+    #[test]
+    fn checks_sooner_than_the_interval_after_the_previous_check_are_counted() {
+        let mut ledger = Ledger::new(Decimal::from(1000));
+        let at = Instant::now();
+        ledger.execute(&request("a", 1), Utc::now(), at);
+        let (min, none) = (Duration::from_secs(60), Duration::ZERO);
+        let check = |ledger: &mut Ledger, id: &str, secs: u64| {
+            ledger.check(id, at + Duration::from_secs(secs), min, none);
+        };
+        check(&mut ledger, "a", 60); // the first check: nothing to be too soon after
+        check(&mut ledger, "a", 120); // exactly one interval later: fine
+        check(&mut ledger, "a", 150); // 30 s after the previous one: too soon
+        check(&mut ledger, "a", 200); // 50 s after the previous (too soon) one: too soon again
+        check(&mut ledger, "b", 0); // unknown ids are spaced too
+        check(&mut ledger, "b", 59);
+        check(&mut ledger, "b", 119);
+        let stats = ledger.stats();
+        assert_eq!((stats.checks, stats.early_checks, stats.checks_too_soon), (7, 0, 3));
+        assert_eq!(stats.check_spacing_examples[0], "a: checked 30s after its previous check");
+        assert_eq!(stats.check_spacing_examples.len(), 3);
+        // Only the first ten too-soon checks are described.
+        (0..30).for_each(|_| check(&mut ledger, "c", 300));
+        let stats = ledger.stats();
+        assert_eq!((stats.checks_too_soon, stats.check_spacing_examples.len()), (32, 10));
+    }
+
+    #[test]
+    fn delayed_ingestion_hides_an_executed_payout_from_check_for_a_while() {
+        let mut ledger = Ledger::new(Decimal::from(1000));
+        let at = Instant::now();
+        ledger.execute(&request("a", 1), Utc::now(), at);
+        let (min, delay) = (Duration::ZERO, Duration::from_secs(20));
+        assert!(ledger.check("a", at + Duration::from_secs(19), min, delay).is_none());
+        assert!(ledger.check("a", at + Duration::from_secs(20), min, delay).is_some());
+        assert_eq!(ledger.stats().checks_before_ingestion, 1);
+        assert_eq!(ledger.stats().payouts_executed, 1);
     }
 }

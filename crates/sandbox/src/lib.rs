@@ -14,13 +14,20 @@
 //! - `dice`: the seeded random source behind the fault rates.
 //! - `api`: the HTTP handlers of payout, check, balance and the `/_sandbox` views.
 //! - `callbacks`: signed callback delivery on the spec's retry schedule.
+//! - [`registry`]: the transaction registry (`payout_reestr`) with its 20,000-row limit.
+//! - `runtime`: the plumbing all three simulators share (listener, server, delivery client,
+//!   shutdown, background tasks, `traceparent`s, front-door faults, redelivery loop).
 //! - [`server`]: [`Sandbox::start`], [`SandboxHandle`] and [`run_standalone`].
 
 mod api;
 mod callbacks;
 pub mod config;
 mod dice;
+pub mod eightb_rest;
+pub mod eightyeight_pay;
 pub mod ledger;
+pub mod registry;
+mod runtime;
 pub mod server;
 
 pub use callbacks::SPEC_CALLBACK_SCHEDULE_SECS;

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use payoutd_core::Secret;
 use rust_decimal::Decimal;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{Faults, SandboxConfig};
 use crate::dice::Dice;
 use crate::ledger::{Ledger, LedgerEntry, SandboxStats};
+// Re-exported where it always was; the simulators share it through their `Runtime`.
+pub use crate::runtime::MAX_TRACEPARENTS;
+use crate::runtime::{self, Runtime, Server};
 use crate::{api, callbacks};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +42,9 @@ pub struct Sandbox {
     callback_url: RwLock<Option<String>>,
     ledger: Mutex<Ledger>,
     pub(crate) dice: Dice,
-    http: reqwest::Client,
-    tasks: TaskTracker,
-    shutdown: watch::Receiver<bool>,
+    /// The callback client, background tasks, shutdown signal and remembered `traceparent`s: the
+    /// plumbing every simulator shares.
+    pub(crate) runtime: Runtime,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -56,44 +56,29 @@ impl std::fmt::Debug for Sandbox {
 impl Sandbox {
     /// Binds `bind` (port 0 picks a free port) and serves the 8B partner API there.
     pub async fn start(config: SandboxConfig, bind: SocketAddr) -> Result<SandboxHandle, SandboxError> {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .map_err(|source| SandboxError::Bind { addr: bind, source })?;
-        let addr = listener.local_addr().map_err(|source| SandboxError::Bind { addr: bind, source })?;
-        let http = reqwest::Client::builder()
-            .timeout(CALLBACK_TIMEOUT)
-            // Callbacks go to a local receiver; an environment proxy must not reroute them.
-            .no_proxy()
-            .build()
-            .map_err(|e| SandboxError::Client(e.without_url().to_string()))?;
-        let (stop, shutdown) = watch::channel(false);
+        let (runtime, listener) = runtime::bind(bind, CALLBACK_TIMEOUT).await?;
+        let addr = listener.addr();
         let sandbox = Arc::new(Sandbox {
             faults: RwLock::new(config.faults.clone()),
             callback_url: RwLock::new(config.callback_url.clone()),
             ledger: Mutex::new(Ledger::new(config.initial_balance)),
             dice: Dice::new(config.seed),
             config,
-            http,
-            tasks: TaskTracker::new(),
-            shutdown,
+            runtime,
         });
-        let app = api::router(sandbox.clone());
-        let mut signal = sandbox.shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    // Ends on the signal, or when the handle is dropped.
-                    let _ = signal.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let server = sandbox.runtime.serve(listener, api::router(sandbox.clone()));
         tracing::info!(%addr, service_id = %sandbox.config.service_id, "8B partner sandbox listening");
-        Ok(SandboxHandle { addr, sandbox, stop, server })
+        Ok(SandboxHandle { addr, sandbox, server })
     }
 
     /// Every payout id seen, ordered by id.
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         self.with_ledger(|l| l.entries())
+    }
+
+    /// (path, traceparent) of the provider requests that carried a `traceparent`, oldest first.
+    pub fn traceparents(&self) -> Vec<(String, String)> {
+        self.runtime.traceparents()
     }
 
     pub fn entry(&self, id: &str) -> Option<LedgerEntry> {
@@ -138,27 +123,9 @@ impl Sandbox {
         self.config.callback_schedule_scale
     }
 
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     /// Runs `f` on the ledger. The lock is never held across an await.
     pub(crate) fn with_ledger<T>(&self, f: impl FnOnce(&mut Ledger) -> T) -> T {
         f(&mut self.ledger.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Sleeps for `duration`; false if the sandbox is shutting down first.
-    pub(crate) async fn sleep(&self, duration: Duration) -> bool {
-        let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            () = tokio::time::sleep(duration) => true,
-            _ = shutdown.wait_for(|stop| *stop) => false,
-        }
-    }
-
-    /// Runs a background task that shutdown waits for.
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(task);
     }
 
     /// Finalizes one execution after the processing delay and delivers its callbacks.
@@ -171,10 +138,7 @@ impl Sandbox {
         plan: callbacks::Plan,
     ) {
         let sandbox = self.clone();
-        self.spawn(async move {
-            if !sandbox.sleep(sandbox.config.processing_delay).await {
-                return;
-            }
+        self.runtime.spawn_after(self.config.processing_delay, async move {
             let finalized =
                 sandbox.with_ledger(|l| l.finalize(&id, generation, amount, declined, chrono::Utc::now()));
             if let Some(finalized) = finalized {
@@ -189,8 +153,7 @@ impl Sandbox {
 pub struct SandboxHandle {
     pub addr: SocketAddr,
     sandbox: Arc<Sandbox>,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: Server,
 }
 
 impl SandboxHandle {
@@ -205,6 +168,11 @@ impl SandboxHandle {
 
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         self.sandbox.ledger()
+    }
+
+    /// See [`Sandbox::traceparents`].
+    pub fn traceparents(&self) -> Vec<(String, String)> {
+        self.sandbox.traceparents()
     }
 
     pub fn entry(&self, id: &str) -> Option<LedgerEntry> {
@@ -230,15 +198,7 @@ impl SandboxHandle {
     /// Stops accepting requests, ends pending sleeps and callback schedules, and waits until
     /// the server and every background task are done.
     pub async fn shutdown(self) -> Result<(), SandboxError> {
-        let _ = self.stop.send(true);
-        let served = self.server.await;
-        self.sandbox.tasks.close();
-        self.sandbox.tasks.wait().await;
-        match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SandboxError::Serve(e)),
-            Err(e) => Err(SandboxError::Task(e.to_string())),
-        }
+        self.server.shutdown(&self.sandbox.runtime).await
     }
 }
 

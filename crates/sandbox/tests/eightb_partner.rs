@@ -109,7 +109,8 @@ impl Receiver {
 }
 
 fn verified(c: &EightBPartner, body: &[u8]) -> VerifiedCallback {
-    match c.verify_callback(body) {
+    let headers = reqwest::header::HeaderMap::new();
+    match c.verify_callback(&payoutd_providers::IncomingCallback { path: "", headers: &headers, body }) {
         CallbackVerdict::Verified(v) => v,
         other => panic!("callback did not verify: {other:?}"),
     }
@@ -128,11 +129,11 @@ async fn submit_is_accepted_then_paid_after_the_processing_delay() {
 
     assert_eq!(c.check(&p).await, Ok(CheckOutcome::Go));
     let request = c.freeze_submit(&p, "ord-1", Utc::now());
-    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted);
-    assert_eq!(c.status(&request).await, Ok(ProviderStatus::Processing));
+    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted { provider_id: None });
+    assert_eq!(c.status(&request, None).await, Ok(ProviderStatus::Processing));
 
     assert!(eventually(|| sb.entry("ord-1").is_some_and(|e| e.status == LedgerStatus::Paid)).await);
-    assert_eq!(c.status(&request).await, Ok(ProviderStatus::Paid));
+    assert_eq!(c.status(&request, None).await, Ok(ProviderStatus::Paid));
 
     let entry = sb.entry("ord-1").expect("entry");
     assert_eq!((entry.amount.as_str(), entry.currency.as_str()), ("150000", "IDR"));
@@ -153,7 +154,7 @@ async fn usd_amounts_travel_with_two_decimals() {
     let sb = sandbox(|_| ()).await;
     let c = connector(&sb);
     let request = c.freeze_submit(&payout("10.5", "USD"), "usd-1", Utc::now());
-    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted { provider_id: None });
     assert_eq!(sb.entry("usd-1").expect("entry").amount, "10.50");
     assert_eq!(sb.balance(), Decimal::new(99_998_950, 2));
     sb.shutdown().await.expect("clean shutdown");
@@ -170,7 +171,7 @@ async fn a_wrong_secret_is_refused_and_nothing_is_executed() {
         matches!(outcome, SubmitOutcome::Rejected { ref reason } if reason.contains("invalid hash")),
         "{outcome:?}"
     );
-    assert!(matches!(c.status(&request).await, Err(ProviderError::Refused { .. })));
+    assert!(matches!(c.status(&request, None).await, Err(ProviderError::Refused { .. })));
     assert!(matches!(c.check(&payout("1", "IDR")).await, Err(ProviderError::Refused { .. })));
 
     assert!(sb.ledger().is_empty());
@@ -184,8 +185,8 @@ async fn the_same_id_sent_twice_is_executed_twice() {
     let sb = sandbox(|_| ()).await;
     let c = connector(&sb);
     let request = idr(&c, "ord-dup");
-    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted);
-    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted { provider_id: None });
+    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted { provider_id: None });
 
     assert_eq!(sb.entry("ord-dup").expect("entry").executions, 2);
     let stats = sb.stats();
@@ -215,7 +216,7 @@ async fn a_timeout_after_execution_is_in_doubt_while_the_money_moved() {
     // Querying by the same reference resolves the doubt.
     sb.set_faults(Faults::default());
     assert!(eventually(|| sb.entry("ord-slow").is_some_and(|e| e.status == LedgerStatus::Paid)).await);
-    assert_eq!(c.status(&request).await, Ok(ProviderStatus::Paid));
+    assert_eq!(c.status(&request, None).await, Ok(ProviderStatus::Paid));
     // Shutdown cuts the 30 s hold short.
     tokio::time::timeout(Duration::from_secs(5), sb.shutdown())
         .await
@@ -235,7 +236,7 @@ async fn rate_limits_are_not_sent_with_retry_after() {
         "{outcome:?}"
     );
     assert_eq!(
-        c.status(&request).await,
+        c.status(&request, None).await,
         Err(ProviderError::RateLimited { retry_after: Some(Duration::from_secs(1)) })
     );
     assert!(sb.ledger().is_empty());
@@ -249,7 +250,7 @@ async fn server_errors_are_in_doubt_for_submit_and_transient_for_status() {
     let c = connector(&sb);
     let request = idr(&c, "ord-500");
     assert!(matches!(c.submit(&request).await, SubmitOutcome::InDoubt { .. }));
-    assert!(matches!(c.status(&request).await, Err(ProviderError::Transient { .. })));
+    assert!(matches!(c.status(&request, None).await, Err(ProviderError::Transient { .. })));
     assert!(matches!(c.check(&payout("1", "IDR")).await, Err(ProviderError::Transient { .. })));
     assert_eq!(sb.stats().errors_5xx, 3);
     sb.shutdown().await.expect("clean shutdown");
@@ -261,7 +262,7 @@ async fn reject_fault_is_rejected_and_not_executed() {
     let c = connector(&sb);
     let request = idr(&c, "ord-rej");
     assert!(matches!(c.submit(&request).await, SubmitOutcome::Rejected { .. }));
-    assert_eq!(c.status(&request).await, Ok(ProviderStatus::NotFound));
+    assert_eq!(c.status(&request, None).await, Ok(ProviderStatus::NotFound));
     assert_eq!(sb.stats().rejected, 1);
     assert!(sb.ledger().is_empty());
     sb.shutdown().await.expect("clean shutdown");
@@ -282,7 +283,7 @@ async fn a_low_balance_says_not_now_and_answers_not_paid() {
         matches!(outcome, SubmitOutcome::Rejected { ref reason } if reason.contains("insufficient balance")),
         "{outcome:?}"
     );
-    assert!(matches!(c.status(&request).await, Ok(ProviderStatus::Failed { .. })));
+    assert!(matches!(c.status(&request, None).await, Ok(ProviderStatus::Failed { .. })));
     assert_eq!(sb.entry("ord-poor").expect("recorded").executions, 0);
     assert_eq!(sb.balance(), Decimal::from(100_000));
     sb.shutdown().await.expect("clean shutdown");
@@ -303,7 +304,7 @@ async fn callbacks_are_signed_and_verify_with_the_connector() {
     let url = receiver.url.clone();
     let sb = sandbox(|config| config.callback_url = Some(url)).await;
     let c = connector(&sb);
-    assert_eq!(c.submit(&idr(&c, "ord-cb")).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&idr(&c, "ord-cb")).await, SubmitOutcome::Accepted { provider_id: None });
 
     assert!(eventually(|| sb.stats().callbacks_acknowledged == 1).await);
     let bodies = receiver.bodies();
@@ -315,7 +316,9 @@ async fn callbacks_are_signed_and_verify_with_the_connector() {
     assert!(sb.entry("ord-cb").expect("entry").callback_acknowledged);
     // Another partner's secret does not verify the same body.
     let stranger = connector_with(&sb, "other-secret", Duration::from_secs(1));
-    assert!(matches!(stranger.verify_callback(&bodies[0]), CallbackVerdict::Unverifiable { .. }));
+    let headers = reqwest::header::HeaderMap::new();
+    let incoming = payoutd_providers::IncomingCallback { path: "", headers: &headers, body: &bodies[0] };
+    assert!(matches!(stranger.verify_callback(&incoming), CallbackVerdict::Unverifiable { .. }));
     sb.shutdown().await.expect("clean shutdown");
 }
 
@@ -326,7 +329,7 @@ async fn callbacks_are_redelivered_until_ok() {
     let url = receiver.url.clone();
     let sb = sandbox(|config| config.callback_url = Some(url)).await;
     let c = connector(&sb);
-    assert_eq!(c.submit(&idr(&c, "ord-retry")).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&idr(&c, "ord-retry")).await, SubmitOutcome::Accepted { provider_id: None });
 
     assert!(eventually(|| sb.stats().callbacks_acknowledged == 1).await);
     let stats = sb.stats();
@@ -343,7 +346,7 @@ async fn a_callback_answered_error_is_not_repeated() {
     let url = receiver.url.clone();
     let sb = sandbox(|config| config.callback_url = Some(url)).await;
     let c = connector(&sb);
-    assert_eq!(c.submit(&idr(&c, "ord-err")).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&idr(&c, "ord-err")).await, SubmitOutcome::Accepted { provider_id: None });
     assert!(eventually(|| sb.stats().callbacks_answered_error == 1).await);
     // The compressed schedule would have retried within ~0.1 s.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -361,7 +364,7 @@ async fn duplicate_callbacks_share_a_dedupe_key() {
     })
     .await;
     let c = connector(&sb);
-    assert_eq!(c.submit(&idr(&c, "ord-twice")).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&idr(&c, "ord-twice")).await, SubmitOutcome::Accepted { provider_id: None });
 
     assert!(eventually(|| receiver.count() == 2).await);
     let bodies = receiver.bodies();
@@ -382,7 +385,7 @@ async fn an_early_callback_arrives_before_the_payout_answer() {
     })
     .await;
     let c = connector(&sb);
-    assert_eq!(c.submit(&idr(&c, "ord-early")).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&idr(&c, "ord-early")).await, SubmitOutcome::Accepted { provider_id: None });
     // No waiting: the callback was delivered before the answer came back.
     let bodies = receiver.bodies();
     assert_eq!(bodies.len(), 1);
@@ -403,10 +406,10 @@ async fn a_dropped_callback_leaves_polling_to_find_the_result() {
     .await;
     let c = connector(&sb);
     let request = idr(&c, "ord-quiet");
-    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted { provider_id: None });
     assert!(eventually(|| sb.stats().callbacks_dropped == 1).await);
     assert_eq!(receiver.count(), 0);
-    assert_eq!(c.status(&request).await, Ok(ProviderStatus::Paid));
+    assert_eq!(c.status(&request, None).await, Ok(ProviderStatus::Paid));
     sb.shutdown().await.expect("clean shutdown");
 }
 
@@ -421,11 +424,11 @@ async fn a_declined_payout_fails_by_callback_and_status_and_refunds() {
     .await;
     let c = connector(&sb);
     let request = idr(&c, "ord-no");
-    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted { provider_id: None });
     assert!(eventually(|| receiver.count() == 1).await);
     let callback = verified(&c, &receiver.bodies()[0]);
     assert!(matches!(callback.status, ProviderStatus::Failed { ref reason } if reason.contains("declined")));
-    assert!(matches!(c.status(&request).await, Ok(ProviderStatus::Failed { .. })));
+    assert!(matches!(c.status(&request, None).await, Ok(ProviderStatus::Failed { .. })));
     assert_eq!(sb.balance(), Decimal::from(1_000_000));
     assert_eq!(sb.stats().declined, 1);
     sb.shutdown().await.expect("clean shutdown");
@@ -435,7 +438,7 @@ async fn a_declined_payout_fails_by_callback_and_status_and_refunds() {
 async fn ledger_and_stats_are_served_as_json() {
     let sb = sandbox(|_| ()).await;
     let c = connector(&sb);
-    assert_eq!(c.submit(&idr(&c, "ord-json")).await, SubmitOutcome::Accepted);
+    assert_eq!(c.submit(&idr(&c, "ord-json")).await, SubmitOutcome::Accepted { provider_id: None });
 
     let http = reqwest::Client::builder().no_proxy().build().expect("client");
     let ledger: serde_json::Value = http

@@ -11,8 +11,28 @@ use crate::error::ApiError;
 
 pub const SCOPE_CREATE: &str = "payouts.create";
 pub const SCOPE_READ: &str = "payouts.read";
+/// Webhook endpoints, the delivery log and redelivery.
+pub const SCOPE_WEBHOOKS: &str = "webhooks.manage";
+/// Operators: list and show every client's payouts, pauses, limits, the operator log.
+pub const SCOPE_OPERATOR_READ: &str = "operator.read";
+/// Operators: resolve, retry, cancel, force a status query (one payout or in bulk).
+pub const SCOPE_OPERATOR_ACT: &str = "operator.act";
+/// Operators: pause and resume accounts, set client limits, run retention.
+pub const SCOPE_OPERATOR_ADMIN: &str = "operator.admin";
 /// Every scope a token may carry.
-pub const KNOWN_SCOPES: &[&str] = &[SCOPE_CREATE, SCOPE_READ, "*"];
+pub const KNOWN_SCOPES: &[&str] = &[
+    SCOPE_CREATE,
+    SCOPE_READ,
+    SCOPE_WEBHOOKS,
+    SCOPE_OPERATOR_READ,
+    SCOPE_OPERATOR_ACT,
+    SCOPE_OPERATOR_ADMIN,
+    crate::batches_api::SCOPE_BATCHES_CREATE,
+    crate::batches_api::SCOPE_BATCHES_READ,
+    crate::batches_api::SCOPE_BATCHES_APPROVE,
+    crate::batches_api::SCOPE_RECONCILIATIONS_READ,
+    "*",
+];
 
 /// An authenticated caller. Handlers then call [`Authenticated::require`] with their scope.
 pub struct Authenticated(pub Caller);

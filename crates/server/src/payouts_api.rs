@@ -1,4 +1,8 @@
 //! `POST /v1/payouts` and `GET /v1/payouts/{id}`.
+//!
+//! A payout is found again by its Idempotency-Key (else its external_id) and by its
+//! external_id: the same request under either answers 200 with the original payout and
+//! `Idempotent-Replayed: true`; a different request is 409 naming the existing payout.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -6,6 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use payoutd_store::PayoutRow;
+use payoutd_store::client_limits::{self, LimitedEnqueue};
+use payoutd_store::payout_view;
 use payoutd_store::payouts::{self, Enqueue, EnqueueResult, Event};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -39,12 +45,19 @@ pub async fn create(
             format!("key:{key}")
         }
     };
-    let traceparent =
-        headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|t| valid_traceparent(t));
+    // One payout, one trace: the caller's trace context when it sent one, else this request's
+    // own span (when a tracer is installed). Every later span of the payout is its child.
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| valid_traceparent(t))
+        .map(str::to_owned)
+        .or_else(|| payoutd_providers::telemetry::traceparent(&tracing::Span::current()));
     let connector = state.connectors.get(&payout.provider).ok_or(ApiError::NotFound)?;
     let account = connector.account();
     let hash = request::canonical_hash(&payout);
-    let result = payouts::enqueue(
+    // Enqueued under the client's limits, if it has any (checked in the insert's transaction).
+    let limited = client_limits::enqueue(
         &state.pool,
         &Enqueue {
             client_id: &caller.client_id,
@@ -52,10 +65,14 @@ pub async fn create(
             request_hash: &hash,
             account: &account,
             payout: &payout,
-            traceparent,
+            traceparent: traceparent.as_deref(),
         },
     )
     .await?;
+    let result = match limited {
+        LimitedEnqueue::Done(result) => *result,
+        LimitedEnqueue::OverLimit(violation) => return Ok(crate::operator_api::limit_exceeded(&violation)),
+    };
     match result {
         EnqueueResult::Created(row) => {
             Ok((StatusCode::CREATED, Json(payout_json(&row, None))).into_response())
@@ -66,6 +83,9 @@ pub async fn create(
             Ok(response)
         }
         EnqueueResult::Conflict { existing_id } => Err(ApiError::IdempotencyConflict { existing_id }),
+        EnqueueResult::ExternalIdConflict { existing_id } => {
+            Err(ApiError::ExternalIdConflict { existing_id })
+        }
     }
 }
 
@@ -95,47 +115,21 @@ fn valid_traceparent(t: &str) -> bool {
             .all(|(len, p)| p.len() == *len && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// The client's view of a payout. The account number is masked: the timeline is for support
-/// staff too.
+/// The client's view of a payout (the same object webhook events carry, see
+/// [`payoutd_store::payout_view`]), with its timeline when `events` is given. The account
+/// number is masked: the timeline is for support staff too.
 pub fn payout_json(row: &PayoutRow, events: Option<&[Event]>) -> Value {
-    let mut v = json!({
-        "id": row.id,
-        "external_id": row.external_id,
-        "state": row.state.as_str(),
-        "final": row.state.is_final(),
-        "amount": row.money.amount().to_string(),
-        "currency": row.money.currency().code(),
-        "provider": row.provider,
-        "account": row.account,
-        "provider_reference": row.provider_reference,
-        "destination": {
-            "destination": row.destination.destination,
-            "client": mask(&row.destination.client),
-            "receiver_name": row.destination.receiver_name,
-        },
-        "attempts": row.total_attempts,
-        "submit_attempts": row.submit_attempts,
-        "next_run_at": row.next_run_at,
-        "last_error": row.last_error,
-        "traceparent": row.traceparent,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "finalized_at": row.finalized_at,
-    });
+    let mut v = payout_view::payout_json(row);
     if let Some(events) = events {
         v["events"] = json!(events);
     }
     v
 }
 
-fn mask(account: &str) -> String {
-    let n = account.chars().count();
-    let tail: String = account.chars().skip(n.saturating_sub(4)).collect();
-    format!("{}{tail}", "*".repeat(n.saturating_sub(4)))
-}
-
 #[cfg(test)]
 mod tests {
+    use payoutd_store::payout_view::mask;
+
     use super::*;
 
     #[test]

@@ -1,15 +1,12 @@
 //! The JSON body of `POST /v1/payouts`, read field by field so that every wrong type, missing
 //! field and unknown field is named in one 422 answer.
 
-use payoutd_core::new_payout::RawNewPayout;
-use payoutd_core::{FieldError, NewPayout};
-use serde_json::{Map, Value};
+use payoutd_core::NewPayout;
+use payoutd_core::new_payout;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-
-const TOP_FIELDS: &[&str] = &["external_id", "amount", "currency", "provider", "destination"];
-const DESTINATION_FIELDS: &[&str] = &["phone", "client", "destination", "receiver_name", "receiver_bic"];
 
 /// Parses and validates a body. Malformed JSON is a 400; anything else wrong is a 422.
 pub fn parse(body: &[u8], providers: &[&str]) -> Result<NewPayout, ApiError> {
@@ -18,27 +15,7 @@ pub fn parse(body: &[u8], providers: &[&str]) -> Result<NewPayout, ApiError> {
     let Value::Object(top) = value else {
         return Err(ApiError::BadRequest("body must be a JSON object".into()));
     };
-    let mut errors = Vec::new();
-    unknown_fields(&top, TOP_FIELDS, "", &mut errors);
-    let mut raw = RawNewPayout {
-        external_id: string(&top, "external_id", "external_id", &mut errors),
-        amount: string(&top, "amount", "amount", &mut errors),
-        currency: string(&top, "currency", "currency", &mut errors),
-        provider: string(&top, "provider", "provider", &mut errors),
-        ..RawNewPayout::default()
-    };
-    match top.get("destination") {
-        Some(Value::Object(d)) => {
-            unknown_fields(d, DESTINATION_FIELDS, "destination.", &mut errors);
-            raw.phone = string(d, "phone", "destination.phone", &mut errors);
-            raw.client = string(d, "client", "destination.client", &mut errors);
-            raw.destination = string(d, "destination", "destination.destination", &mut errors);
-            raw.receiver_name = string(d, "receiver_name", "destination.receiver_name", &mut errors);
-            raw.receiver_bic = string(d, "receiver_bic", "destination.receiver_bic", &mut errors);
-        }
-        Some(_) => errors.push(FieldError::new("destination", "must be an object")),
-        None => errors.push(FieldError::new("destination", "is required")),
-    }
+    let (raw, mut errors) = new_payout::raw_from_json(&top);
     let type_errors: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
     match NewPayout::parse(raw, providers) {
         Ok(p) if errors.is_empty() => Ok(p),
@@ -67,30 +44,6 @@ pub fn canonical_hash(p: &NewPayout) -> Vec<u8> {
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 
-fn string(obj: &Map<String, Value>, key: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(_)) if key == "amount" => {
-            errors.push(FieldError::new(
-                field,
-                "must be a decimal string such as \"10.50\" (numbers lose precision)",
-            ));
-            None
-        }
-        Some(_) => {
-            errors.push(FieldError::new(field, "must be a string"));
-            None
-        }
-    }
-}
-
-fn unknown_fields(obj: &Map<String, Value>, known: &[&str], prefix: &str, errors: &mut Vec<FieldError>) {
-    for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
-        errors.push(FieldError::new(format!("{prefix}{key}"), "unknown field"));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +68,15 @@ mod tests {
     fn malformed_json_is_a_400() {
         assert!(matches!(parse(b"{", P), Err(ApiError::BadRequest(_))));
         assert!(matches!(parse(b"[]", P), Err(ApiError::BadRequest(_))));
+    }
+
+    /// The body the `payout_request_body` fuzz target decoded from its crash input
+    /// (fuzz/regressions/payout_request_body/): the decimal type rounded the amount and it was
+    /// accepted as 1000000.00 USD. The fix is in `Money::parse`.
+    #[test]
+    fn an_amount_the_decimal_type_would_round_is_a_422() {
+        let body = br#"{"amount":"999999.99999999999999999999999999999999","currency":"USD","destination":{"client":"_","destination":"ie","phone":"(l","receiver_name":"rna"},"external_id":"ord-1"}"#;
+        assert_eq!(fields(parse(body, P)), ["amount"]);
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! A callback is not a worker: it takes the row lock, and when it changes the state it bumps
 //! the fencing token, so a worker still busy with that payout can no longer write it.
 
-use payoutd_core::PayoutState;
-use payoutd_providers::{ProviderStatus, VerifiedCallback};
+use payoutd_core::{AnswerEffect, PayoutState, VerifiedCallback, effect_of_answer};
 use sqlx::PgPool;
 
 use crate::row::{RawPayoutRow, payout_columns};
 use crate::transitions::insert_event;
+use crate::webhooks::{self, PayoutChange, ResolvedBy};
 use crate::{PayoutRow, StoreError, WAKE_CHANNEL};
 
 /// What applying a callback did.
@@ -15,13 +15,20 @@ use crate::{PayoutRow, StoreError, WAKE_CHANNEL};
 pub enum CallbackEffect {
     /// The payout moved to this final state.
     Finalized(PayoutState),
+    /// A parked payout was resolved by the provider's verified final answer (DESIGN rule 11).
+    Resolved(PayoutState),
     /// A redelivery of a callback already stored: nothing changed.
     Duplicate,
     /// The payout is already final; the callback changed nothing (states only move forward).
+    /// A conflicting answer (paid after failed or the reverse) is recorded as an event and
+    /// raised as an alert by the caller.
     AlreadyFinal { state: PayoutState, conflicting: bool },
-    /// The provider reports the payout as still processing: nothing to change.
+    /// The provider reports the payout as still processing, or the payout is parked and the
+    /// answer is not final: nothing to change.
     NoChange,
-    /// Amount or currency differ from the payout: parked in needs_review.
+    /// A signed field does not match what we sent (amount, currency, destination): the
+    /// callback changes nothing, an event and an alert record it, and the payout's status
+    /// query is brought forward so that the provider's own answer decides.
     Mismatch(String),
     /// No payout carries this reference.
     UnknownReference,
@@ -31,18 +38,30 @@ impl CallbackEffect {
     fn outcome(&self) -> String {
         match self {
             Self::Finalized(s) => format!("applied:{s}"),
+            Self::Resolved(s) => format!("resolved:{s}"),
             Self::Duplicate => "duplicate_ignored".into(),
             Self::AlreadyFinal { state, conflicting } => {
                 format!("ignored_final:{state}{}", if *conflicting { ":conflicting" } else { "" })
             }
             Self::NoChange => "no_change".into(),
-            Self::Mismatch(_) => "mismatch:needs_review".into(),
+            Self::Mismatch(_) => "mismatch:not_applied".into(),
             Self::UnknownReference => "unknown_reference".into(),
         }
+    }
+
+    /// Whether the provider should stop delivering this callback (it was stored and taken
+    /// into account, whatever it did to the payout).
+    pub fn accepted(&self) -> bool {
+        !matches!(self, Self::Mismatch(_) | Self::UnknownReference)
     }
 }
 
 /// Stores a verified callback and applies it, in one transaction.
+#[tracing::instrument(
+    name = "callback write",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = "postgresql", payout.provider = provider)
+)]
 pub async fn apply_verified(
     pool: &PgPool,
     provider: &str,
@@ -85,42 +104,89 @@ pub async fn apply_verified(
     .bind(&cb.reference)
     .fetch_optional(&mut *tx)
     .await?;
+    // For the transitions counter, once the transaction has committed.
+    let mut from_state = None;
     let effect = match raw {
         None => CallbackEffect::UnknownReference,
         Some(raw) => {
             let payout = PayoutRow::try_from(raw)?;
+            from_state = Some(payout.state);
             let effect = decide(&payout, cb);
-            let target = match &effect {
-                CallbackEffect::Finalized(to) => {
-                    Some((*to, format!("provider callback: {}", status_word(&cb.status))))
+            let actor = format!("callback:{provider}");
+            let detail = serde_json::json!({ "callback_id": callback_id });
+            match &effect {
+                CallbackEffect::Finalized(to) | CallbackEffect::Resolved(to) => {
+                    sqlx::query(
+                        "UPDATE payouts SET state = $2::payout_state, next_run_at = NULL, lease_owner = NULL,
+                                lease_expires_at = NULL, fencing_token = fencing_token + 1,
+                                submit_in_flight = false, finalized_at = now(), updated_at = now(),
+                                last_error = NULL
+                          WHERE id = $1",
+                    )
+                    .bind(payout.id)
+                    .bind(to.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    let reason = if matches!(effect, CallbackEffect::Resolved(_)) {
+                        format!(
+                            "resolved from needs_review by the provider's verified callback: {}",
+                            status_word(&cb.status)
+                        )
+                    } else {
+                        format!("provider callback: {}", status_word(&cb.status))
+                    };
+                    insert_event(
+                        &mut tx,
+                        payout.id,
+                        Some(payout.state),
+                        *to,
+                        &actor,
+                        &reason,
+                        Some(&detail),
+                        None,
+                    )
+                    .await?;
+                    let change = if matches!(effect, CallbackEffect::Resolved(_)) {
+                        PayoutChange::Resolved { by: ResolvedBy::Provider, to: *to }
+                    } else {
+                        PayoutChange::Entered(*to)
+                    };
+                    webhooks::record_payout_change(&mut tx, payout.id, change).await?;
                 }
-                CallbackEffect::Mismatch(why) => Some((PayoutState::NeedsReview, why.clone())),
-                _ => None,
-            };
-            if let Some((to, reason)) = target {
-                sqlx::query(
-                    "UPDATE payouts SET state = $2::payout_state, next_run_at = NULL, lease_owner = NULL,
-                            lease_expires_at = NULL, fencing_token = fencing_token + 1,
-                            finalized_at = now(), updated_at = now(), last_error = $3
-                      WHERE id = $1",
-                )
-                .bind(payout.id)
-                .bind(to.as_str())
-                .bind(matches!(effect, CallbackEffect::Mismatch(_)).then_some(reason.as_str()))
-                .execute(&mut *tx)
-                .await?;
-                let detail = serde_json::json!({ "callback_id": callback_id });
-                insert_event(
-                    &mut tx,
-                    payout.id,
-                    Some(payout.state),
-                    to,
-                    &format!("callback:{provider}"),
-                    &reason,
-                    Some(&detail),
-                    None,
-                )
-                .await?;
+                CallbackEffect::AlreadyFinal { state, conflicting: true } => {
+                    let reason = format!(
+                        "CONFLICT: the provider's verified callback says {} but the payout is {state}; \
+                         nothing changed, a person must look",
+                        status_word(&cb.status)
+                    );
+                    insert_event(
+                        &mut tx,
+                        payout.id,
+                        Some(*state),
+                        *state,
+                        &actor,
+                        &reason,
+                        Some(&detail),
+                        None,
+                    )
+                    .await?;
+                }
+                CallbackEffect::Mismatch(why) => {
+                    let reason = format!("callback not applied: {why}; status query brought forward");
+                    insert_event(
+                        &mut tx,
+                        payout.id,
+                        Some(payout.state),
+                        payout.state,
+                        &actor,
+                        &reason,
+                        Some(&detail),
+                        None,
+                    )
+                    .await?;
+                    bring_status_query_forward(&mut tx, provider, &cb.reference).await?;
+                }
+                _ => {}
             }
             sqlx::query("UPDATE provider_callbacks SET payout_id = $2 WHERE id = $1")
                 .bind(callback_id)
@@ -136,33 +202,45 @@ pub async fn apply_verified(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    if let (Some(from), CallbackEffect::Finalized(to) | CallbackEffect::Resolved(to)) = (from_state, &effect)
+    {
+        crate::telemetry::transition(from, *to, "callback");
+    }
     Ok(effect)
 }
 
-fn status_word(s: &ProviderStatus) -> String {
-    match s {
-        ProviderStatus::Paid => "paid".into(),
-        ProviderStatus::Failed { reason } => format!("failed ({reason})"),
-        ProviderStatus::Processing => "processing".into(),
-        ProviderStatus::NotFound => "not found".into(),
+fn status_word(s: &payoutd_core::ProviderStatus) -> String {
+    s.describe()
+}
+
+/// What a verified callback does to a payout in its current state: the shared decision of
+/// [`effect_of_answer`], after the identifying fields were compared.
+fn decide(payout: &PayoutRow, cb: &VerifiedCallback) -> CallbackEffect {
+    if let Some(why) = mismatch(payout, cb) {
+        return CallbackEffect::Mismatch(why);
+    }
+    match effect_of_answer(payout.state, &cb.status) {
+        AnswerEffect::Finalize(to) => CallbackEffect::Finalized(to),
+        AnswerEffect::Resolve(to) => CallbackEffect::Resolved(to),
+        AnswerEffect::AlreadyFinal { state, conflicting } => {
+            CallbackEffect::AlreadyFinal { state, conflicting }
+        }
+        AnswerEffect::Ignored if payout.state.is_final() => {
+            CallbackEffect::AlreadyFinal { state: payout.state, conflicting: false }
+        }
+        // A "still processing" callback leaves the state to the next status query.
+        AnswerEffect::StillProcessing { .. } | AnswerEffect::NotFound | AnswerEffect::Ignored => {
+            CallbackEffect::NoChange
+        }
     }
 }
 
-/// The pure decision: what a verified callback does to a payout in its current state.
-fn decide(payout: &PayoutRow, cb: &VerifiedCallback) -> CallbackEffect {
-    let wanted = match &cb.status {
-        ProviderStatus::Paid => Some(PayoutState::Paid),
-        ProviderStatus::Failed { .. } => Some(PayoutState::Failed),
-        ProviderStatus::Processing | ProviderStatus::NotFound => None,
-    };
-    if payout.state.is_final() {
-        return CallbackEffect::AlreadyFinal {
-            state: payout.state,
-            conflicting: wanted.is_some_and(|w| w != payout.state),
-        };
-    }
+/// Compares every signed field that identifies the payout with what was sent (DESIGN rule 6):
+/// the amount numerically (a provider may echo "150000.00" for "150000"), the currency and
+/// every other identifying field exactly, against the frozen submit request.
+fn mismatch(payout: &PayoutRow, cb: &VerifiedCallback) -> Option<String> {
     if cb.amount != payout.money.amount() {
-        return CallbackEffect::Mismatch(format!(
+        return Some(format!(
             "callback amount {} differs from payout amount {}",
             cb.amount,
             payout.money.amount()
@@ -171,15 +249,49 @@ fn decide(payout: &PayoutRow, cb: &VerifiedCallback) -> CallbackEffect {
     if let Some(cur) = &cb.currency
         && cur != payout.money.currency().code()
     {
-        return CallbackEffect::Mismatch(format!(
-            "callback currency {cur} differs from payout currency {}",
+        return Some(format!(
+            "callback currency {cur:?} differs from payout currency {}",
             payout.money.currency()
         ));
     }
-    match wanted {
-        Some(to) if payout.state.can_move_to(to) => CallbackEffect::Finalized(to),
-        _ => CallbackEffect::NoChange,
+    for (name, value) in &cb.identifying {
+        let sent =
+            payout.submit_request.as_ref().and_then(|r| r.get("body")).and_then(|b| b.get(name.as_str()));
+        match sent.and_then(|v| v.as_str()) {
+            Some(sent) if sent == value => {}
+            Some(sent) => {
+                return Some(format!("callback {name} {value:?} differs from the {name} sent, {sent:?}"));
+            }
+            None => {
+                return Some(format!(
+                    "callback {name} {value:?} cannot be compared: nothing was sent under that name"
+                ));
+            }
+        }
     }
+    None
+}
+
+/// Makes an active payout's next step due now (the engine still keeps the minimum interval
+/// between status queries), and wakes the workers.
+async fn bring_status_query_forward(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    provider: &str,
+    reference: &str,
+) -> Result<bool, StoreError> {
+    let hit = sqlx::query(
+        "UPDATE payouts SET next_run_at = LEAST(next_run_at, now()), updated_at = now()
+          WHERE provider = $1 AND provider_reference = $2 AND state IN ('submitted', 'in_doubt')",
+    )
+    .bind(provider)
+    .bind(reference)
+    .execute(&mut **tx)
+    .await?;
+    let scheduled = hit.rows_affected() > 0;
+    if scheduled {
+        sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut **tx).await?;
+    }
+    Ok(scheduled)
 }
 
 /// Stores a callback that failed verification. It changes nothing, but if it names one of our
@@ -203,21 +315,95 @@ pub async fn record_unverifiable(
     .bind(format!("unverifiable: {reason}"))
     .execute(&mut *tx)
     .await?;
-    let mut scheduled = false;
-    if let Some(reference) = reference {
-        let hit = sqlx::query(
-            "UPDATE payouts SET next_run_at = LEAST(next_run_at, now()), updated_at = now()
-              WHERE provider = $1 AND provider_reference = $2 AND state IN ('submitted', 'in_doubt')",
-        )
-        .bind(provider)
-        .bind(reference)
-        .execute(&mut *tx)
-        .await?;
-        scheduled = hit.rows_affected() > 0;
-        if scheduled {
-            sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
-        }
-    }
+    let scheduled = match reference {
+        Some(reference) => bring_status_query_forward(&mut tx, provider, reference).await?,
+        None => false,
+    };
     tx.commit().await?;
     Ok(scheduled)
+}
+
+/// What an unsigned notification naming a provider id (8B REST) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationEffect {
+    /// A payout carries that id: its status query was brought forward.
+    BroughtForward,
+    /// No payout carries it yet: kept for the account's in-doubt payouts to look up.
+    KeptUnmatched,
+    /// A payout carries it but is not waiting for an answer (final, parked): nothing to do.
+    NothingToDo,
+}
+
+/// Most unmatched provider ids kept per account: the notifications are unsigned, so anyone
+/// could send them; past this, new ones are stored as callbacks but not kept for lookup.
+pub const MAX_UNMATCHED_PER_ACCOUNT: i64 = 10_000;
+
+/// Stores an unsigned notification that names the provider's id of a payout (8B REST's
+/// `POST {url}/{transactionId}`). Its content is never trusted: it only makes the payout's
+/// next status query due now, or, when no payout carries the id yet, keeps the id so that an
+/// in-doubt payout whose submit answer was lost can ask the provider whether it is theirs.
+pub async fn record_provider_notification(
+    pool: &PgPool,
+    provider: &str,
+    provider_payout_id: &str,
+    body: &str,
+) -> Result<NotificationEffect, StoreError> {
+    let mut tx = pool.begin().await?;
+    let known: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT state::text, provider_reference FROM payouts WHERE provider = $1 AND provider_payout_id = $2",
+    )
+    .bind(provider)
+    .bind(provider_payout_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let effect = match known {
+        Some((_, Some(reference))) => {
+            if bring_status_query_forward(&mut tx, provider, &reference).await? {
+                NotificationEffect::BroughtForward
+            } else {
+                NotificationEffect::NothingToDo
+            }
+        }
+        Some((_, None)) => NotificationEffect::NothingToDo,
+        None => {
+            let kept = sqlx::query(
+                "INSERT INTO unmatched_provider_notifications (provider, provider_payout_id)
+                 SELECT $1, $2
+                  WHERE (SELECT count(*) FROM unmatched_provider_notifications WHERE provider = $1) < $3
+                 ON CONFLICT (provider, provider_payout_id)
+                 DO UPDATE SET deliveries = unmatched_provider_notifications.deliveries + 1",
+            )
+            .bind(provider)
+            .bind(provider_payout_id)
+            .bind(MAX_UNMATCHED_PER_ACCOUNT)
+            .execute(&mut *tx)
+            .await?;
+            if kept.rows_affected() > 0 {
+                // Wake the account's in-doubt payouts that have no provider id yet; each still
+                // keeps its own minimum interval between provider queries.
+                let woken = sqlx::query(
+                    "UPDATE payouts SET next_run_at = LEAST(next_run_at, now()), updated_at = now()
+                      WHERE provider = $1 AND state = 'in_doubt' AND provider_payout_id IS NULL",
+                )
+                .bind(provider)
+                .execute(&mut *tx)
+                .await?;
+                if woken.rows_affected() > 0 {
+                    sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+                }
+            }
+            NotificationEffect::KeptUnmatched
+        }
+    };
+    sqlx::query(
+        "INSERT INTO provider_callbacks (provider, provider_reference, verified, body, outcome)
+         VALUES ($1, NULL, false, $2, $3)",
+    )
+    .bind(provider)
+    .bind(body)
+    .bind(format!("unsigned notification for provider id {provider_payout_id}: {effect:?}"))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(effect)
 }

@@ -13,4 +13,8 @@ pub enum StoreError {
     IllegalTransition { from: PayoutState, to: PayoutState },
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A guarded write whose precondition the database refused (e.g. a resubmit before the
+    /// provider reported the payout unknown often enough). Nothing was written.
+    #[error("refused: {0}")]
+    Refused(String),
 }

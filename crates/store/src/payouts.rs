@@ -24,17 +24,39 @@ pub struct Enqueue<'a> {
 #[derive(Debug)]
 pub enum EnqueueResult {
     Created(PayoutRow),
-    /// The same key with the same request: the original payout.
+    /// The same request again, under the same idempotency key or under the same external_id
+    /// with another key: the original payout.
     Replayed(PayoutRow),
     /// The same key with a different request.
     Conflict {
         existing_id: Uuid,
     },
+    /// Another idempotency key, but the client already has a payout with this external_id and
+    /// it was created from a different request.
+    ExternalIdConflict {
+        existing_id: Uuid,
+    },
 }
 
 /// Stores a new payout with its first event and wakes the workers, all in one transaction.
+///
+/// A client's payout is identified twice: by its idempotency key and by its external_id (both
+/// unique per client in the schema). When either is taken, nothing is inserted and the
+/// existing payout decides the answer: the same request replays it, a different one is a
+/// conflict. Two concurrent requests cannot both insert: the insert waits for the other
+/// transaction and then sees its row.
 pub async fn enqueue(pool: &PgPool, e: &Enqueue<'_>) -> Result<EnqueueResult, StoreError> {
-    let mut tx = pool.begin().await?;
+    let tx = pool.begin().await?;
+    enqueue_in(pool, tx, e).await
+}
+
+/// [`enqueue`] in a transaction the caller opened and may hold locks in (a client's limit
+/// lock, see `client_limits::enqueue`); committed here, or rolled back when the payout exists.
+pub(crate) async fn enqueue_in(
+    pool: &PgPool,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    e: &Enqueue<'_>,
+) -> Result<EnqueueResult, StoreError> {
     let id = Uuid::now_v7();
     let destination =
         serde_json::to_value(&e.payout.destination).map_err(|err| StoreError::Corrupt(err.to_string()))?;
@@ -42,7 +64,7 @@ pub async fn enqueue(pool: &PgPool, e: &Enqueue<'_>) -> Result<EnqueueResult, St
         "INSERT INTO payouts (id, client_id, external_id, idempotency_key, request_hash, provider,
                               account, amount, currency, destination, state, next_run_at, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', now(), $11)
-         ON CONFLICT (client_id, idempotency_key) DO NOTHING
+         ON CONFLICT DO NOTHING
          RETURNING ",
         payout_columns!(),
         ""
@@ -63,23 +85,45 @@ pub async fn enqueue(pool: &PgPool, e: &Enqueue<'_>) -> Result<EnqueueResult, St
 
     let Some(raw) = inserted else {
         tx.rollback().await?;
-        let (existing_id, hash): (Uuid, Vec<u8>) = sqlx::query_as(
-            "SELECT id, request_hash FROM payouts WHERE client_id = $1 AND idempotency_key = $2",
-        )
-        .bind(e.client_id)
-        .bind(e.idempotency_key)
-        .fetch_one(pool)
-        .await?;
-        if hash != e.request_hash {
-            return Ok(EnqueueResult::Conflict { existing_id });
-        }
-        let row = get(pool, existing_id).await?.ok_or_else(|| StoreError::Corrupt("vanished".into()))?;
-        return Ok(EnqueueResult::Replayed(row));
+        return existing(pool, e).await;
     };
     insert_event(&mut tx, id, None, PayoutState::Pending, "api", "payout accepted", None, None).await?;
     sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(EnqueueResult::Created(PayoutRow::try_from(raw)?))
+}
+
+/// The payout that took the insert's place: the one with the same idempotency key if there is
+/// one, else the one with the same external_id.
+async fn existing(pool: &PgPool, e: &Enqueue<'_>) -> Result<EnqueueResult, StoreError> {
+    let found: Option<(Uuid, Vec<u8>, bool)> = sqlx::query_as(
+        "SELECT id, request_hash, idempotency_key = $2 AS same_key
+           FROM payouts
+          WHERE client_id = $1 AND (idempotency_key = $2 OR external_id = $3)
+          ORDER BY same_key DESC, created_at
+          LIMIT 1",
+    )
+    .bind(e.client_id)
+    .bind(e.idempotency_key)
+    .bind(&e.payout.external_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((existing_id, hash, same_key)) = found else {
+        // Payouts are never deleted, so the row the insert ran into is still there.
+        return Err(StoreError::Corrupt(format!(
+            "enqueue of external_id {:?} conflicted, but no payout holds its key or external_id",
+            e.payout.external_id
+        )));
+    };
+    if hash != e.request_hash {
+        return Ok(if same_key {
+            EnqueueResult::Conflict { existing_id }
+        } else {
+            EnqueueResult::ExternalIdConflict { existing_id }
+        });
+    }
+    let row = get(pool, existing_id).await?.ok_or_else(|| StoreError::Corrupt("vanished".into()))?;
+    Ok(EnqueueResult::Replayed(row))
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<PayoutRow>, StoreError> {
@@ -123,4 +167,20 @@ pub async fn timeline(pool: &PgPool, id: Uuid) -> Result<Vec<Event>, StoreError>
     .fetch_all(pool)
     .await?;
     Ok(events)
+}
+
+/// The payout a provider reference belongs to and the trace context stored at its enqueue, so
+/// that a callback's span joins the payout's trace.
+pub async fn trace_by_reference(
+    pool: &PgPool,
+    provider: &str,
+    reference: &str,
+) -> Result<Option<(Uuid, Option<String>)>, StoreError> {
+    let found: Option<(Uuid, Option<String>)> =
+        sqlx::query_as("SELECT id, traceparent FROM payouts WHERE provider = $1 AND provider_reference = $2")
+            .bind(provider)
+            .bind(reference)
+            .fetch_optional(pool)
+            .await?;
+    Ok(found)
 }

@@ -24,16 +24,44 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Claims up to `limit` due payouts for `owner`, each leased for `lease`.
+/// What one claim took: payouts ready to work on, and leased rows that do not decode (a poison
+/// row must not stop the claim of every other payout; the engine counts and parks them).
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    pub ready: Vec<(PayoutRow, Lease)>,
+    pub undecodable: Vec<(Lease, StoreError)>,
+}
+
+/// Claims up to `limit` due payouts for `owner`, each leased for `lease`. Rows that do not
+/// decode are left leased (they come back when the lease expires); the worker uses
+/// [`claim_batch`] instead, which hands them over for counting.
 pub async fn claim_due(
     pool: &PgPool,
     owner: &str,
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<(PayoutRow, Lease)>, StoreError> {
+    Ok(claim_batch(pool, owner, limit, lease).await?.ready)
+}
+
+/// A claimed row, and whether its previous lease had expired unreleased (for the metrics).
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    raw: RawPayoutRow,
+    took_over: Option<bool>,
+}
+
+/// Claims up to `limit` due payouts for `owner`, each leased for `lease`.
+pub async fn claim_batch(
+    pool: &PgPool,
+    owner: &str,
+    limit: i64,
+    lease: Duration,
+) -> Result<ClaimBatch, StoreError> {
     const CLAIM: &str = concat!(
         "WITH due AS (
-             SELECT id FROM payouts
+             SELECT id, lease_owner IS NOT NULL AS took_over FROM payouts
               WHERE next_run_at <= now()
                 AND (lease_expires_at IS NULL OR lease_expires_at < now())
               ORDER BY next_run_at
@@ -48,19 +76,23 @@ pub async fn claim_due(
                 total_attempts = total_attempts + 1,
                 updated_at = now()
           WHERE id IN (SELECT id FROM due)
-      RETURNING ",
+      RETURNING (SELECT took_over FROM due WHERE due.id = payouts.id) AS took_over, ",
         payout_columns!()
     );
-    let rows: Vec<RawPayoutRow> =
+    let rows: Vec<ClaimedRow> =
         sqlx::query_as(CLAIM).bind(limit).bind(owner).bind(secs(lease)).fetch_all(pool).await?;
-    rows.into_iter()
-        .map(|raw| {
-            let row = PayoutRow::try_from(raw)?;
-            let lease =
-                Lease { payout_id: row.id, fencing_token: row.fencing_token, owner: owner.to_owned() };
-            Ok((row, lease))
-        })
-        .collect()
+    // A lease still named on a due row was never released: its worker died, stalled or gave up.
+    crate::telemetry::takeovers(rows.iter().filter(|r| r.took_over.unwrap_or(false)).count() as u64);
+    let mut batch = ClaimBatch::default();
+    for ClaimedRow { raw, .. } in rows {
+        let lease =
+            Lease { payout_id: raw.id(), fencing_token: raw.fencing_token(), owner: owner.to_owned() };
+        match PayoutRow::try_from(raw) {
+            Ok(row) => batch.ready.push((row, lease)),
+            Err(e) => batch.undecodable.push((lease, e)),
+        }
+    }
+    Ok(batch)
 }
 
 /// Extends a lease during a long step. Fails with [`StoreError::LeaseLost`] when the lease

@@ -14,7 +14,9 @@ macro_rules! payout_columns {
         "id, client_id, external_id, provider, account, amount, currency, destination, \
          state::text AS state, next_run_at, lease_owner, lease_expires_at, fencing_token, attempt, \
          total_attempts, submit_attempts, submit_in_flight, provider_reference, submit_request, \
-         submitted_at, last_status_at, last_error, traceparent, created_at, updated_at, finalized_at"
+         submitted_at, last_status_at, last_error, traceparent, created_at, updated_at, finalized_at, \
+         status_queries, not_found_answers, failed_steps, parked_at, provider_contact_bound, \
+         provider_payout_id, now() AS db_now"
     };
 }
 pub(crate) use payout_columns;
@@ -47,6 +49,13 @@ pub struct RawPayoutRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finalized_at: Option<DateTime<Utc>>,
+    status_queries: i32,
+    not_found_answers: i32,
+    failed_steps: i32,
+    parked_at: Option<DateTime<Utc>>,
+    provider_contact_bound: Option<DateTime<Utc>>,
+    provider_payout_id: Option<String>,
+    db_now: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +86,32 @@ pub struct PayoutRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finalized_at: Option<DateTime<Utc>>,
+    /// Status queries started (each committed before its call).
+    pub status_queries: u32,
+    /// NOT_FOUND answers since the last submit started.
+    pub not_found_answers: u32,
+    /// Steps in a row that failed for a reason retrying cannot fix (poison row).
+    pub failed_steps: u32,
+    /// When the payout was last parked in needs_review.
+    pub parked_at: Option<DateTime<Utc>>,
+    /// The latest moment the provider may have received one of our requests (see the
+    /// migration); the next status query is due one interval after it.
+    pub provider_contact_bound: Option<DateTime<Utc>>,
+    /// The provider's own id of the payout, where its status call needs one (8B REST).
+    pub provider_payout_id: Option<String>,
+    /// The database's clock when the row was read. Due times are compared with this, never
+    /// with the worker's own clock, which may run ahead or behind (DESIGN rule 7).
+    pub db_now: DateTime<Utc>,
+}
+
+impl RawPayoutRow {
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub fn fencing_token(&self) -> i64 {
+        self.fencing_token
+    }
 }
 
 impl TryFrom<RawPayoutRow> for PayoutRow {
@@ -116,6 +151,13 @@ impl TryFrom<RawPayoutRow> for PayoutRow {
             created_at: r.created_at,
             updated_at: r.updated_at,
             finalized_at: r.finalized_at,
+            status_queries: count(r.status_queries),
+            not_found_answers: count(r.not_found_answers),
+            failed_steps: count(r.failed_steps),
+            parked_at: r.parked_at,
+            provider_contact_bound: r.provider_contact_bound,
+            provider_payout_id: r.provider_payout_id,
+            db_now: r.db_now,
         })
     }
 }

@@ -63,3 +63,44 @@ pub async fn summary(pool: &PgPool) -> Result<Summary, StoreError> {
     .await?;
     Ok(s)
 }
+
+/// Unfinished and parked payouts of one provider account in one state.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StateCount {
+    pub provider: String,
+    pub account: String,
+    pub state: String,
+    pub payouts: i64,
+}
+
+/// What the metrics gauges show of the queue, on the database's clock.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueFigures {
+    /// Payouts in every state that is not final (final ones are counted by the transitions
+    /// counter instead: counting them here would read the whole table on every tick).
+    pub by_state: Vec<StateCount>,
+    /// Payouts that are due and that no live lease holds: work waiting for a worker.
+    pub due: i64,
+    /// Seconds since the oldest of those became due; 0 when there is none.
+    pub oldest_due_age_secs: f64,
+}
+
+/// The figures behind the queue gauges. Reads only unfinished payouts (the partial indexes
+/// `payouts_due` and `payouts_needs_review`), however many final ones the table holds.
+pub async fn queue_figures(pool: &PgPool) -> Result<QueueFigures, StoreError> {
+    let by_state: Vec<StateCount> = sqlx::query_as(
+        "SELECT provider, account, state::text AS state, count(*) AS payouts FROM payouts
+          WHERE next_run_at IS NOT NULL OR state = 'needs_review'
+          GROUP BY provider, account, state",
+    )
+    .fetch_all(pool)
+    .await?;
+    let (due, oldest_due_age_secs): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(extract(epoch FROM now() - min(next_run_at)), 0)::float8
+           FROM payouts
+          WHERE next_run_at <= now() AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(QueueFigures { by_state, due, oldest_due_age_secs: oldest_due_age_secs.max(0.0) })
+}

@@ -1,5 +1,11 @@
 //! Fenced writes by the engine. A state change, its audit event and the next run time commit
 //! in one transaction, and only if the worker still holds the lease (fencing token matches).
+//!
+//! Every time that decides when a payout may run again, or whether the provider may be asked
+//! again, is computed here on the database's clock (`now()`), never on the worker's: a worker
+//! whose clock runs ahead must not poll early (DESIGN rule 7).
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use payoutd_core::PayoutState;
@@ -8,6 +14,7 @@ use uuid::Uuid;
 
 use crate::StoreError;
 use crate::queue::Lease;
+use crate::webhooks::{self, PayoutChange};
 
 /// What to do with the lease after a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,8 +22,24 @@ pub enum AfterWrite {
     /// Keep the lease: the engine runs the next step right away (the claim counts it as a new
     /// attempt of the new state).
     Continue,
-    /// Give the payout back to the queue, due at `next_run_at`.
+    /// Give the payout back to the queue, due at its next run time.
     Release,
+}
+
+/// When the next step of a payout is due, on the database's clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NextRun {
+    Now,
+    /// `now()` plus this delay.
+    After(Duration),
+    /// No sooner than `interval` after the provider may last have received a request of ours
+    /// (`provider_contact_bound`), and no sooner than `after` from now.
+    StatusDue {
+        interval: Duration,
+        after: Duration,
+    },
+    /// An absolute time that came from the database (e.g. a due time it computed).
+    At(DateTime<Utc>),
 }
 
 /// One engine write: a move to `to` (or a stay in the same state, e.g. a retry).
@@ -24,8 +47,8 @@ pub enum AfterWrite {
 pub struct Transition {
     pub from: PayoutState,
     pub to: PayoutState,
-    /// When the next step is due. Ignored (NULL) for final states.
-    pub next_run_at: Option<DateTime<Utc>>,
+    /// When the next step is due. Ignored for final and parked states (they are not scheduled).
+    pub next_run: NextRun,
     pub after: AfterWrite,
     pub actor: String,
     pub reason: String,
@@ -34,11 +57,14 @@ pub struct Transition {
     pub last_error: Option<String>,
     /// Set when recording the intent: our provider reference and the frozen submit request.
     pub intent: Option<(String, serde_json::Value)>,
-    /// Set when the provider was asked for the payout's status in this step.
-    pub status_checked: bool,
     /// The step did no work (it was woken before it was allowed to act): the attempt the claim
     /// counted is given back.
     pub not_an_attempt: bool,
+    /// The step made a provider call that has returned (answered, refused or timed out): the
+    /// provider cannot receive that request after now, so `provider_contact_bound` becomes now.
+    pub provider_answered: bool,
+    /// The provider's own id of the payout, when an answer told it (8B REST's disbursement id).
+    pub provider_payout_id: Option<String>,
 }
 
 impl Transition {
@@ -46,50 +72,86 @@ impl Transition {
         Self {
             from,
             to,
-            next_run_at: None,
+            next_run: NextRun::Now,
             after: AfterWrite::Release,
             actor: actor.to_owned(),
             reason: reason.into(),
             detail: None,
             last_error: None,
             intent: None,
-            status_checked: false,
             not_an_attempt: false,
+            provider_answered: false,
+            provider_payout_id: None,
         }
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// The binds that express a [`NextRun`] in SQL: (delay secs, status interval secs, absolute).
+fn next_run_binds(next: NextRun) -> (Option<f64>, Option<f64>, Option<DateTime<Utc>>) {
+    match next {
+        NextRun::Now => (Some(0.0), None, None),
+        NextRun::After(d) => (Some(secs(d)), None, None),
+        NextRun::StatusDue { interval, after } => (Some(secs(after)), Some(secs(interval)), None),
+        NextRun::At(at) => (None, None, Some(at)),
     }
 }
 
 /// Applies `t` if `lease` still holds. Returns [`StoreError::LeaseLost`] otherwise, and
 /// [`StoreError::IllegalTransition`] for a move the state machine forbids (nothing is written).
+#[tracing::instrument(
+    name = "transition write",
+    skip_all,
+    fields(
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        payout.id = %lease.payout_id,
+        payout.fencing_token = lease.fencing_token,
+        payout.state = %t.from,
+        transition.to = %t.to,
+    )
+)]
 pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), StoreError> {
-    // A final state never changes, not even into itself (a "retry" of a final payout).
-    if t.from.is_final() || (t.from != t.to && !t.from.can_move_to(t.to)) {
+    // A final state never changes, not even into itself (a "retry" of a final payout); a parked
+    // one changes only by a recorded resolution, which is not an engine step.
+    if !t.from.is_active() || (t.from != t.to && !t.from.can_move_to(t.to)) {
         return Err(StoreError::IllegalTransition { from: t.from, to: t.to });
     }
     let final_state = t.to.is_final();
-    let next_run_at = if final_state { None } else { t.next_run_at };
-    let keep = t.after == AfterWrite::Continue && !final_state;
+    let parked = t.to.is_parked();
+    let keep = t.after == AfterWrite::Continue && t.to.is_active();
     let moved = t.from != t.to;
     let (reference, request) = match &t.intent {
         Some((r, q)) => (Some(r.as_str()), Some(q)),
         None => (None, None),
     };
+    let (delay, interval, at) = next_run_binds(t.next_run);
 
     let mut tx = pool.begin().await?;
     let done = sqlx::query(
         "UPDATE payouts SET
              state = $3::payout_state,
-             next_run_at = $4,
+             next_run_at = CASE WHEN NOT $4 THEN NULL
+                                WHEN $16::timestamptz IS NOT NULL THEN $16
+                                ELSE GREATEST(now() + make_interval(secs => $14),
+                                              (CASE WHEN $17 THEN now() ELSE provider_contact_bound END)
+                                                  + make_interval(secs => $15)) END,
+             provider_contact_bound = CASE WHEN $17 THEN now() ELSE provider_contact_bound END,
              lease_owner = CASE WHEN $5 THEN lease_owner END,
              lease_expires_at = CASE WHEN $5 THEN lease_expires_at END,
              attempt = CASE WHEN $6 THEN (CASE WHEN $5 THEN 1 ELSE 0 END)
                             WHEN $13 THEN GREATEST(attempt - 1, 0) ELSE attempt END,
              total_attempts = total_attempts + CASE WHEN $6 AND $5 THEN 1 WHEN $13 THEN -1 ELSE 0 END,
              submit_in_flight = false,
+             failed_steps = 0,
              last_error = $7,
              provider_reference = COALESCE($8, provider_reference),
              submit_request = COALESCE($9, submit_request),
-             last_status_at = CASE WHEN $10 THEN now() ELSE last_status_at END,
+             provider_payout_id = COALESCE($18, provider_payout_id),
+             parked_at = CASE WHEN $10 THEN now() ELSE parked_at END,
              finalized_at = CASE WHEN $11 THEN now() ELSE finalized_at END,
              updated_at = now()
          WHERE id = $1 AND fencing_token = $2 AND state = $12::payout_state",
@@ -97,16 +159,21 @@ pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), S
     .bind(lease.payout_id)
     .bind(lease.fencing_token)
     .bind(t.to.as_str())
-    .bind(next_run_at)
+    .bind(t.to.is_active())
     .bind(keep)
     .bind(moved)
     .bind(t.last_error.as_deref())
     .bind(reference)
     .bind(request)
-    .bind(t.status_checked)
+    .bind(parked)
     .bind(final_state)
     .bind(t.from.as_str())
     .bind(t.not_an_attempt && !moved)
+    .bind(delay)
+    .bind(interval)
+    .bind(at)
+    .bind(t.provider_answered)
+    .bind(t.provider_payout_id.as_deref())
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() != 1 {
@@ -124,27 +191,93 @@ pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), S
         Some(lease.fencing_token),
     )
     .await?;
+    // A webhook that named this id before the answer arrived is now matched.
+    if let Some(id) = &t.provider_payout_id {
+        sqlx::query(
+            "DELETE FROM unmatched_provider_notifications n USING payouts p
+              WHERE p.id = $1 AND n.provider = p.provider AND n.provider_payout_id = $2",
+        )
+        .bind(lease.payout_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // The webhook outbox: final states and needs_review are announced in this transaction.
+    if moved && (final_state || parked) {
+        webhooks::record_payout_change(&mut tx, lease.payout_id, PayoutChange::Entered(t.to)).await?;
+    }
     tx.commit().await?;
+    crate::telemetry::transition(t.from, t.to, &t.actor);
     Ok(())
 }
 
-/// Commits "a submit call is starting" before the call is made. If the worker dies during the
-/// call, the next worker finds `submit_in_flight` set and treats the payout as in doubt
-/// instead of sending again blindly (DESIGN rule 4).
-pub async fn mark_submit_started(pool: &PgPool, lease: &Lease, actor: &str) -> Result<u32, StoreError> {
+/// The resubmit rule in SQL, on the database's clock: enough NOT_FOUND answers since the last
+/// submit started, and long enough after it. Binds `$3` = [`ResubmitGate::not_found_answers`],
+/// `$4` = [`ResubmitGate::since_last_submit`] in seconds. One text for every statement that
+/// checks the rule, so that counting and sending can never disagree. A macro, so that statements
+/// stay `&'static str`.
+macro_rules! resubmit_gate_holds {
+    () => {
+        "(not_found_answers >= $3
+          AND (submitted_at IS NULL OR submitted_at + make_interval(secs => $4) <= now()))"
+    };
+}
+
+/// The conditions under which an in-doubt payout may be sent again (DESIGN rule 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResubmitGate {
+    /// NOT_FOUND answers needed since the last submit started (each one interval apart, as
+    /// every status query is).
+    pub not_found_answers: u32,
+    /// The least time since the last submit started: request timeout + lease + margin, after
+    /// which a stalled earlier request can no longer arrive.
+    pub since_last_submit: Duration,
+}
+
+/// Commits "a submit call is starting" before the call is made, and re-verifies the lease on
+/// the way: the write succeeds only while this worker holds an unexpired lease, which it
+/// extends by `lease` so that it covers the call. `provider_contact_bound` moves to now +
+/// `request_timeout`, the latest the provider can receive this request. If the worker dies
+/// during the call, the next worker finds `submit_in_flight` set and treats the payout as in doubt instead of sending
+/// again blindly. A resubmit (state in_doubt) is refused unless `gate` holds, on the database's
+/// clock.
+#[tracing::instrument(
+    name = "submit started write",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = "postgresql", payout.id = %lease.payout_id, payout.fencing_token = lease.fencing_token)
+)]
+pub async fn mark_submit_started(
+    pool: &PgPool,
+    lease: &Lease,
+    actor: &str,
+    lease_len: Duration,
+    gate: ResubmitGate,
+    request_timeout: Duration,
+) -> Result<u32, StoreError> {
     let mut tx = pool.begin().await?;
-    let row: Option<(i32, String)> = sqlx::query_as(
+    let row: Option<(i32, String)> = sqlx::query_as(concat!(
         "UPDATE payouts SET submit_attempts = submit_attempts + 1, submit_in_flight = true,
-                submitted_at = now(), updated_at = now()
-          WHERE id = $1 AND fencing_token = $2 AND state IN ('intent_recorded', 'in_doubt')
-      RETURNING submit_attempts, state::text",
-    )
+                submitted_at = now(), not_found_answers = 0,
+                provider_contact_bound = GREATEST(provider_contact_bound, now() + make_interval(secs => $6)),
+                lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => $5)),
+                updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL AND lease_expires_at > now()
+            AND (state = 'intent_recorded' OR (state = 'in_doubt' AND ",
+        resubmit_gate_holds!(),
+        "))
+      RETURNING submit_attempts, state::text"
+    ))
     .bind(lease.payout_id)
     .bind(lease.fencing_token)
+    .bind(i32::try_from(gate.not_found_answers).unwrap_or(i32::MAX))
+    .bind(secs(gate.since_last_submit))
+    .bind(secs(lease_len))
+    .bind(secs(request_timeout))
     .fetch_optional(&mut *tx)
     .await?;
     let Some((attempts, state)) = row else {
-        return Err(StoreError::LeaseLost(lease.payout_id));
+        drop(tx);
+        return Err(why_refused(pool, lease, "submit").await);
     };
     let state: PayoutState =
         state.parse().map_err(|e: payoutd_core::state::UnknownState| StoreError::Corrupt(e.to_string()))?;
@@ -161,6 +294,201 @@ pub async fn mark_submit_started(pool: &PgPool, lease: &Lease, actor: &str) -> R
     .await?;
     tx.commit().await?;
     Ok(u32::try_from(attempts).unwrap_or(0))
+}
+
+/// Tells a lost lease from a refused precondition after a guarded write matched no row.
+async fn why_refused(pool: &PgPool, lease: &Lease, what: &str) -> StoreError {
+    let held: Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT fencing_token = $2 AND lease_owner IS NOT NULL AND lease_expires_at > now()
+           FROM payouts WHERE id = $1",
+    )
+    .bind(lease.payout_id)
+    .bind(lease.fencing_token)
+    .fetch_optional(pool)
+    .await;
+    match held {
+        Ok(Some(true)) => StoreError::Refused(format!(
+            "{what} of payout {} refused: its preconditions do not hold on the database clock",
+            lease.payout_id
+        )),
+        Ok(_) => StoreError::LeaseLost(lease.payout_id),
+        Err(e) => StoreError::Database(e),
+    }
+}
+
+/// Whether a status query may start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusStart {
+    /// "Status query started" is committed; make the call.
+    Started,
+    /// Too soon: the earliest allowed time, on the database's clock.
+    NotBefore(DateTime<Utc>),
+}
+
+/// Commits "a status query is starting" before the call (DESIGN rule 7), so a worker that dies
+/// after asking cannot hide the query: `provider_contact_bound` moves to now + `request_timeout`
+/// and the next query waits a full interval from there. Allowed only one interval after the
+/// provider may last have received a request of ours, on the database's clock, and only while
+/// this worker holds an unexpired lease (extended by `lease_len`).
+#[tracing::instrument(
+    name = "status query started write",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = "postgresql", payout.id = %lease.payout_id, payout.fencing_token = lease.fencing_token)
+)]
+pub async fn mark_status_started(
+    pool: &PgPool,
+    lease: &Lease,
+    interval: Duration,
+    lease_len: Duration,
+    request_timeout: Duration,
+) -> Result<StatusStart, StoreError> {
+    let started: Option<i32> = sqlx::query_scalar(
+        "UPDATE payouts SET last_status_at = now(), status_queries = status_queries + 1,
+                provider_contact_bound =
+                    GREATEST(provider_contact_bound, now() + make_interval(secs => $5)),
+                lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => $4)),
+                updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL AND lease_expires_at > now()
+            AND COALESCE(provider_contact_bound + make_interval(secs => $3), '-infinity') <= now()
+      RETURNING status_queries",
+    )
+    .bind(lease.payout_id)
+    .bind(lease.fencing_token)
+    .bind(secs(interval))
+    .bind(secs(lease_len))
+    .bind(secs(request_timeout))
+    .fetch_optional(pool)
+    .await?;
+    if started.is_some() {
+        return Ok(StatusStart::Started);
+    }
+    let due: Option<(bool, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT fencing_token = $2 AND lease_owner IS NOT NULL AND lease_expires_at > now(),
+                provider_contact_bound + make_interval(secs => $3)
+           FROM payouts WHERE id = $1",
+    )
+    .bind(lease.payout_id)
+    .bind(lease.fencing_token)
+    .bind(secs(interval))
+    .fetch_optional(pool)
+    .await?;
+    match due {
+        Some((true, Some(at))) => Ok(StatusStart::NotBefore(at)),
+        _ => Err(StoreError::LeaseLost(lease.payout_id)),
+    }
+}
+
+/// NOT_FOUND answers so far, and whether a resubmit is allowed now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotFoundTally {
+    pub answers: u32,
+    pub resubmit_allowed: bool,
+}
+
+/// Counts one NOT_FOUND answer (since the last submit started) and says, on the database's
+/// clock, whether `gate` now allows a resubmit. The status call has returned, so
+/// `provider_contact_bound` becomes now.
+#[tracing::instrument(
+    name = "not found write",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = "postgresql", payout.id = %lease.payout_id, payout.fencing_token = lease.fencing_token)
+)]
+pub async fn record_not_found(
+    pool: &PgPool,
+    lease: &Lease,
+    gate: ResubmitGate,
+) -> Result<NotFoundTally, StoreError> {
+    let row: Option<(i32, bool)> = sqlx::query_as(concat!(
+        "UPDATE payouts SET not_found_answers = not_found_answers + 1, provider_contact_bound = now(),
+                updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL
+      RETURNING not_found_answers, ",
+        resubmit_gate_holds!()
+    ))
+    .bind(lease.payout_id)
+    .bind(lease.fencing_token)
+    .bind(i32::try_from(gate.not_found_answers).unwrap_or(i32::MAX))
+    .bind(secs(gate.since_last_submit))
+    .fetch_optional(pool)
+    .await?;
+    let (answers, resubmit_allowed) = row.ok_or(StoreError::LeaseLost(lease.payout_id))?;
+    Ok(NotFoundTally { answers: u32::try_from(answers).unwrap_or(0), resubmit_allowed })
+}
+
+/// What happened to a payout whose step failed for a reason retrying cannot fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepFailure {
+    /// Counted; retried after the given delay.
+    Retried { failed_steps: u32 },
+    /// The bound was reached: parked in needs_review.
+    Parked { failed_steps: u32 },
+}
+
+/// Records a failed step of a poison row (unknown provider, missing intent, a row that does
+/// not decode) and gives the payout back: retried after `retry_in`, or parked in needs_review
+/// once `max_failed_steps` steps in a row have failed (DESIGN rule 13). Leaves
+/// `submit_in_flight` alone: if a submit may have happened, whoever resolves the payout must
+/// still see it.
+#[tracing::instrument(
+    name = "step failure write",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = "postgresql", payout.id = %lease.payout_id, payout.fencing_token = lease.fencing_token)
+)]
+pub async fn record_step_failure(
+    pool: &PgPool,
+    lease: &Lease,
+    actor: &str,
+    reason: &str,
+    max_failed_steps: u32,
+    retry_in: Duration,
+) -> Result<StepFailure, StoreError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, i32)> = sqlx::query_as(
+        "SELECT state::text, failed_steps + 1 FROM payouts
+          WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL
+            AND state NOT IN ('paid', 'failed', 'cancelled', 'needs_review')
+          FOR UPDATE",
+    )
+    .bind(lease.payout_id)
+    .bind(lease.fencing_token)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((state, failed)) = row else {
+        return Err(StoreError::LeaseLost(lease.payout_id));
+    };
+    let state: PayoutState =
+        state.parse().map_err(|e: payoutd_core::state::UnknownState| StoreError::Corrupt(e.to_string()))?;
+    let failed_steps = u32::try_from(failed).unwrap_or(0);
+    let park = failed_steps >= max_failed_steps;
+    let to = if park { PayoutState::NeedsReview } else { state };
+    sqlx::query(
+        "UPDATE payouts SET failed_steps = $2, last_error = $3, state = $4::payout_state,
+                next_run_at = CASE WHEN $5 THEN NULL ELSE now() + make_interval(secs => $6) END,
+                parked_at = CASE WHEN $5 THEN now() ELSE parked_at END,
+                attempt = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(lease.payout_id)
+    .bind(failed)
+    .bind(reason)
+    .bind(to.as_str())
+    .bind(park)
+    .bind(secs(retry_in))
+    .execute(&mut *tx)
+    .await?;
+    let text = if park {
+        format!("parked after {failed_steps} failed steps in a row: {reason}")
+    } else {
+        format!("step failed ({failed_steps} of {max_failed_steps} before review): {reason}")
+    };
+    insert_event(&mut tx, lease.payout_id, Some(state), to, actor, &text, None, Some(lease.fencing_token))
+        .await?;
+    if park {
+        webhooks::record_payout_change(&mut tx, lease.payout_id, PayoutChange::Entered(to)).await?;
+    }
+    tx.commit().await?;
+    crate::telemetry::transition(state, to, actor);
+    Ok(if park { StepFailure::Parked { failed_steps } } else { StepFailure::Retried { failed_steps } })
 }
 
 /// Allocates our provider reference: "PO" and 18 digits, 20 characters, the most the 8B

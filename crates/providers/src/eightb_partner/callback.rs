@@ -37,6 +37,7 @@ pub fn verify_callback(secret: &Secret, body: &[u8]) -> CallbackVerdict {
         Ok(pairs) => Fields { pairs },
         Err(e) => {
             return CallbackVerdict::Unverifiable {
+                provider_id: None,
                 reason: format!("callback body is not form-urlencoded: {e}"),
                 reference: None,
             };
@@ -45,7 +46,7 @@ pub fn verify_callback(secret: &Secret, body: &[u8]) -> CallbackVerdict {
     let reference = fields.get("id").ok().map(str::to_owned);
     match verify_fields(secret, &fields) {
         Ok(callback) => CallbackVerdict::Verified(callback),
-        Err(reason) => CallbackVerdict::Unverifiable { reason, reference },
+        Err(reason) => CallbackVerdict::Unverifiable { reason, reference, provider_id: None },
     }
 }
 
@@ -78,11 +79,19 @@ fn verify_fields(secret: &Secret, fields: &Fields) -> Result<VerifiedCallback, S
         }
         other => return Err(format!("callback result {other:?} is neither 0 nor 1")),
     };
+    // The signature covers id+dt+amount+result+destination run together, so a genuine
+    // "...10.50" "1" "bank_bca" re-splits into an equally well signed "...10.5" "0" "1bank_bca".
+    // The result must be exactly one of its two values (checked above, untrimmed below), the
+    // amount is compared numerically and the destination exactly with what we sent.
+    if result != "0" && result != "1" {
+        return Err(format!("callback result {result:?} is neither 0 nor 1"));
+    }
 
     Ok(VerifiedCallback {
         reference: id.to_owned(),
         amount: amount_value,
         currency: None,
+        identifying: vec![("destination".to_owned(), destination.to_owned())],
         status,
         // The provider may restamp `dt` (and so `hash`) on a redelivery; a payout has one
         // outcome per result value, so id and result identify the notification.
@@ -117,7 +126,7 @@ mod tests {
 
     fn unverifiable(body: &str) -> (String, Option<String>) {
         match verify_callback(&secret(), body.as_bytes()) {
-            CallbackVerdict::Unverifiable { reason, reference } => (reason, reference),
+            CallbackVerdict::Unverifiable { reason, reference, .. } => (reason, reference),
             other => panic!("expected unverifiable, got {other:?}"),
         }
     }
@@ -129,6 +138,7 @@ mod tests {
         assert_eq!(v.amount, Decimal::from(150_000));
         assert_eq!(v.status, ProviderStatus::Paid);
         assert_eq!(v.currency, None);
+        assert_eq!(v.identifying, vec![("destination".to_owned(), "bank_bca".to_owned())]);
         assert_eq!(v.dedupe_key, "ord-42:1");
     }
 
@@ -154,7 +164,7 @@ mod tests {
     #[test]
     fn a_wrong_secret_or_tampered_field_is_unverifiable() {
         match verify_callback(&Secret::new("wrong"), PAID.as_bytes()) {
-            CallbackVerdict::Unverifiable { reason, reference } => {
+            CallbackVerdict::Unverifiable { reason, reference, .. } => {
                 assert!(reason.contains("signature"), "{reason}");
                 assert_eq!(reference.as_deref(), Some("ord-42"));
             }

@@ -9,20 +9,25 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use payoutd_core::Secret;
 use reqwest::StatusCode;
+use rust_decimal::Decimal;
 
 use super::callback;
 use super::format::{format_amount, format_dt};
 use super::signature::{sign_balance, sign_check};
 use super::wire::{self, Answer, SubmitForm};
 use crate::connector::{
-    BoxFuture, CallbackVerdict, CheckOutcome, Connector, FrozenRequest, PayoutForProvider, ProviderError,
-    ProviderStatus, SubmitOutcome,
+    BoxFuture, CallbackVerdict, CheckOutcome, Connector, FrozenRequest, IncomingCallback, PayoutForProvider,
+    ProviderError, ProviderStatus, SubmitOutcome,
 };
 use crate::http::{self, HttpAnswer, SendError};
+use crate::telemetry::{self, CallName, OutcomeClass};
 
 /// How to reach one 8B partner account.
 #[derive(Debug, Clone)]
 pub struct EightBPartnerConfig {
+    /// The account's configured name (payouts, callback route, rate limit); "8b_partner" by
+    /// default, the name every payout of a deployment from before accounts carries.
+    pub account_name: String,
     /// Scheme and host, e.g. "https://int.8b.world" or a sandbox's "http://127.0.0.1:PORT".
     pub base_url: String,
     /// The partner's service id: part of every URL, and the account payouts leave from.
@@ -36,13 +41,16 @@ pub struct EightBPartnerConfig {
 }
 
 impl EightBPartnerConfig {
-    /// A config with the defaults: 30 s per request, 60 s between submit and status.
+    /// A config with the defaults: 10 s per request, 60 s between submit and status.
     pub fn new(base_url: impl Into<String>, service_id: impl Into<String>, secret: Secret) -> Self {
         Self {
+            account_name: PROVIDER.to_owned(),
             base_url: base_url.into(),
             service_id: service_id.into(),
             secret,
-            request_timeout: Duration::from_secs(30),
+            // Short enough that status interval (60 s) > timeout + lease + margin holds with the
+            // engine's defaults (10 + 15 + 5 s); see the engine's configuration check.
+            request_timeout: Duration::from_secs(10),
             min_status_interval: Duration::from_secs(60),
         }
     }
@@ -98,6 +106,16 @@ impl EightBPartner {
         format!("{}/{method}", self.endpoint)
     }
 
+    /// How the telemetry names a call of `operation` ("payout", "check" or "balance").
+    fn call(&self, operation: &'static str) -> CallName<'_> {
+        let url_template = match operation {
+            "payout" => "/partner/{service_id}/payout",
+            "check" => "/partner/{service_id}/check",
+            _ => "/partner/{service_id}/balance",
+        };
+        CallName { provider: PROVIDER, operation, url_template, account: &self.config.service_id }
+    }
+
     /// The check call for one frozen payout, signed with `now` as `dt`.
     async fn check_status(
         &self,
@@ -116,10 +134,31 @@ impl EightBPartner {
             ("service_id", self.config.service_id.as_str()),
             ("hash", hash.as_str()),
         ];
-        let answer = http::post_form(&self.http, &self.url("check"), &fields).await;
-        let status = read_status_answer(&form.id, answer);
+        let call = self.call("check");
+        let answer = http::post_form(&self.http, &call, &self.url("check"), &fields).await;
+        let status = read_status_answer(&call, &form.id, answer);
         tracing::debug!(reference = %form.id, ?status, "8B partner check");
         status
+    }
+
+    /// The account's balance, by the balance call.
+    async fn fetch_balance(&self, now: DateTime<Utc>) -> Result<Decimal, ProviderError> {
+        let dt = format_dt(now);
+        let hash = sign_balance(&dt, &self.config.secret);
+        let fields = [("dt", dt.as_str()), ("hash", hash.as_str())];
+        let call = self.call("balance");
+        let answer =
+            ok_answer(&call, http::post_form(&self.http, &call, &self.url("balance"), &fields).await)?;
+        // A refused balance call (bad signature) answers with a result code instead.
+        if let Ok(code) = answer.result_code()
+            && let Err(refused) = wire::meaning(code, &answer.detail()).status
+        {
+            return Err(refused);
+        }
+        answer.balance().map_err(|e| {
+            telemetry::record_error(&call, OutcomeClass::Unreadable);
+            transient(e.to_string())
+        })
     }
 
     async fn check_balance(
@@ -127,17 +166,7 @@ impl EightBPartner {
         payout: &PayoutForProvider,
         now: DateTime<Utc>,
     ) -> Result<CheckOutcome, ProviderError> {
-        let dt = format_dt(now);
-        let hash = sign_balance(&dt, &self.config.secret);
-        let fields = [("dt", dt.as_str()), ("hash", hash.as_str())];
-        let answer = ok_answer(http::post_form(&self.http, &self.url("balance"), &fields).await)?;
-        // A refused balance call (bad signature) answers with a result code instead.
-        if let Ok(code) = answer.result_code()
-            && let Err(refused) = wire::meaning(code, &answer.detail()).status
-        {
-            return Err(refused);
-        }
-        let balance = answer.balance().map_err(|e| transient(e.to_string()))?;
+        let balance = self.fetch_balance(now).await?;
         let amount = payout.money.amount();
         Ok(if balance >= amount {
             CheckOutcome::Go
@@ -160,8 +189,9 @@ impl EightBPartner {
         let hash = form.hash(&self.config.secret);
         let mut fields = form.unsigned_fields();
         fields.push(("hash", hash.as_str()));
-        let answer = http::post_form(&self.http, &self.url("payout"), &fields).await;
-        let outcome = read_submit_answer(&form.id, answer);
+        let call = self.call("payout");
+        let answer = http::post_form(&self.http, &call, &self.url("payout"), &fields).await;
+        let outcome = read_submit_answer(&call, &form.id, answer);
         tracing::info!(reference = %form.id, ?outcome, "8B partner payout");
         outcome
     }
@@ -172,10 +202,10 @@ fn transient(reason: String) -> ProviderError {
 }
 
 /// Turns a read-only call's HTTP result into a parsed 200 answer, or the matching error.
-fn ok_answer(answer: Result<HttpAnswer, SendError>) -> Result<Answer, ProviderError> {
+fn ok_answer(call: &CallName<'_>, answer: Result<HttpAnswer, SendError>) -> Result<Answer, ProviderError> {
     let answer = answer.map_err(|e| transient(format!("8B partner: {e}")))?;
     match answer.status {
-        StatusCode::OK => wire::parse_answer(&answer.body).map_err(|e| transient(e.to_string())),
+        StatusCode::OK => parse(call, &answer.body).map_err(|e| transient(e.to_string())),
         StatusCode::TOO_MANY_REQUESTS => Err(ProviderError::RateLimited { retry_after: answer.retry_after }),
         status => Err(ProviderError::Transient {
             reason: format!("8B partner answered HTTP {status}"),
@@ -184,12 +214,18 @@ fn ok_answer(answer: Result<HttpAnswer, SendError>) -> Result<Answer, ProviderEr
     }
 }
 
+/// Parses a 200 answer; one that does not parse is counted as an unreadable answer.
+fn parse(call: &CallName<'_>, body: &str) -> Result<Answer, wire::WireError> {
+    wire::parse_answer(body).inspect_err(|_| telemetry::record_error(call, OutcomeClass::Unreadable))
+}
+
 /// Maps the answer to a check call.
 fn read_status_answer(
+    call: &CallName<'_>,
     reference: &str,
     answer: Result<HttpAnswer, SendError>,
 ) -> Result<ProviderStatus, ProviderError> {
-    let answer = ok_answer(answer)?;
+    let answer = ok_answer(call, answer)?;
     if let Some(id) = answer.id.as_deref().map(str::trim)
         && id != reference
     {
@@ -201,7 +237,11 @@ fn read_status_answer(
 
 /// Maps the answer to a payout call (DESIGN rule 4): anything that does not prove the payout
 /// was or was not taken is in doubt.
-fn read_submit_answer(reference: &str, answer: Result<HttpAnswer, SendError>) -> SubmitOutcome {
+fn read_submit_answer(
+    call: &CallName<'_>,
+    reference: &str,
+    answer: Result<HttpAnswer, SendError>,
+) -> SubmitOutcome {
     let answer = match answer {
         Ok(answer) => answer,
         Err(e) if !e.kind.may_have_been_sent() => {
@@ -222,7 +262,7 @@ fn read_submit_answer(reference: &str, answer: Result<HttpAnswer, SendError>) ->
             return SubmitOutcome::InDoubt { reason: format!("8B partner answered HTTP {status}") };
         }
     }
-    let parsed = match wire::parse_answer(&answer.body) {
+    let parsed = match parse(call, &answer.body) {
         Ok(parsed) => parsed,
         Err(e) => return SubmitOutcome::InDoubt { reason: e.to_string() },
     };
@@ -239,9 +279,16 @@ fn read_submit_answer(reference: &str, answer: Result<HttpAnswer, SendError>) ->
     }
 }
 
+/// The provider kind, and the default account name.
+pub const PROVIDER: &str = "8b_partner";
+
 impl Connector for EightBPartner {
-    fn name(&self) -> &'static str {
-        "8b_partner"
+    fn name(&self) -> &str {
+        &self.config.account_name
+    }
+
+    fn kind(&self) -> &'static str {
+        PROVIDER
     }
 
     fn account(&self) -> String {
@@ -276,6 +323,10 @@ impl Connector for EightBPartner {
         FrozenRequest { reference: reference.to_owned(), body: form.to_json() }
     }
 
+    fn balance(&self) -> Option<BoxFuture<'_, Result<Decimal, ProviderError>>> {
+        Some(Box::pin(self.fetch_balance(Utc::now())))
+    }
+
     fn submit<'a>(&'a self, request: &'a FrozenRequest) -> BoxFuture<'a, SubmitOutcome> {
         Box::pin(self.send_payout(request))
     }
@@ -283,6 +334,7 @@ impl Connector for EightBPartner {
     fn status<'a>(
         &'a self,
         request: &'a FrozenRequest,
+        _provider_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<ProviderStatus, ProviderError>> {
         Box::pin(self.check_status(request, Utc::now()))
     }
@@ -291,8 +343,17 @@ impl Connector for EightBPartner {
         self.config.min_status_interval
     }
 
-    fn verify_callback(&self, body: &[u8]) -> CallbackVerdict {
-        callback::verify_callback(&self.config.secret, body)
+    fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
+    }
+
+    fn verify_callback(&self, callback: &IncomingCallback<'_>) -> CallbackVerdict {
+        if !callback.path.is_empty() {
+            return CallbackVerdict::NotOurs {
+                reason: "8B partner callbacks have no path below the account".into(),
+            };
+        }
+        callback::verify_callback(&self.config.secret, callback.body)
     }
 
     fn callback_answer(&self, accepted: bool) -> &'static str {
@@ -439,7 +500,7 @@ mod tests {
     async fn submit_sends_the_signed_form() {
         let body = "<response><id>ord-42</id><result>OK</result></response>";
         let (outcome, request) = submit_with(http("200 OK", "", body)).await;
-        assert_eq!(outcome, SubmitOutcome::Accepted);
+        assert_eq!(outcome, SubmitOutcome::Accepted { provider_id: None });
         assert!(request.starts_with("POST /partner/1234/payout HTTP/1.1"), "{request}");
         assert!(request.to_ascii_lowercase().contains("content-type: application/x-www-form-urlencoded"));
         let form_body = request.split("\r\n\r\n").nth(1).expect("body");
@@ -462,8 +523,8 @@ mod tests {
                 ),
             )
         };
-        assert_eq!(submit_with(answer("PROCESSING")).await.0, SubmitOutcome::Accepted);
-        assert_eq!(submit_with(answer("PAID")).await.0, SubmitOutcome::Paid);
+        assert_eq!(submit_with(answer("PROCESSING")).await.0, SubmitOutcome::Accepted { provider_id: None });
+        assert_eq!(submit_with(answer("PAID")).await.0, SubmitOutcome::Paid { provider_id: None });
         assert!(
             matches!(submit_with(answer("NOT_PAID")).await.0, SubmitOutcome::Rejected { ref reason } if reason.contains("no funds"))
         );

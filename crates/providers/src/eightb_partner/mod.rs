@@ -7,6 +7,8 @@
 //!   that maps the provider's result codes into connector outcomes.
 //! - [`client`]: [`EightBPartner`], the [`crate::Connector`] that makes the HTTP calls.
 //! - [`callback`]: verification of the provider's signed callbacks.
+//! - [`registry`]: the transaction registry (`payout_reestr`) for reconciliation, paged past its
+//!   20,000-row limit.
 //!
 //! The sandbox crate reuses [`signature`] and [`wire`] so that it signs and answers exactly like
 //! the provider we implement against.
@@ -14,6 +16,7 @@
 pub mod callback;
 pub mod client;
 pub mod format;
+pub mod registry;
 pub mod signature;
 pub mod wire;
 

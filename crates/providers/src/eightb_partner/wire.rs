@@ -191,10 +191,13 @@ pub fn meaning(code: ResultCode, detail: &str) -> Meaning {
     };
     match code {
         // Payout: "request received successfully"; not final either way.
-        ResultCode::Ok | ResultCode::Processing => {
-            Meaning { submit: SubmitOutcome::Accepted, status: Ok(ProviderStatus::Processing) }
+        ResultCode::Ok | ResultCode::Processing => Meaning {
+            submit: SubmitOutcome::Accepted { provider_id: None },
+            status: Ok(ProviderStatus::Processing),
+        },
+        ResultCode::Paid => {
+            Meaning { submit: SubmitOutcome::Paid { provider_id: None }, status: Ok(ProviderStatus::Paid) }
         }
-        ResultCode::Paid => Meaning { submit: SubmitOutcome::Paid, status: Ok(ProviderStatus::Paid) },
         ResultCode::NotPaid => Meaning {
             submit: SubmitOutcome::Rejected { reason: because("transaction failed") },
             status: Ok(ProviderStatus::Failed { reason: because("transaction failed") }),
@@ -331,11 +334,20 @@ mod tests {
     #[test]
     fn the_result_table() {
         let m = meaning(ResultCode::Ok, "");
-        assert_eq!((m.submit, m.status), (SubmitOutcome::Accepted, Ok(ProviderStatus::Processing)));
+        assert_eq!(
+            (m.submit, m.status),
+            (SubmitOutcome::Accepted { provider_id: None }, Ok(ProviderStatus::Processing))
+        );
         let m = meaning(ResultCode::Processing, "");
-        assert_eq!((m.submit, m.status), (SubmitOutcome::Accepted, Ok(ProviderStatus::Processing)));
+        assert_eq!(
+            (m.submit, m.status),
+            (SubmitOutcome::Accepted { provider_id: None }, Ok(ProviderStatus::Processing))
+        );
         let m = meaning(ResultCode::Paid, "");
-        assert_eq!((m.submit, m.status), (SubmitOutcome::Paid, Ok(ProviderStatus::Paid)));
+        assert_eq!(
+            (m.submit, m.status),
+            (SubmitOutcome::Paid { provider_id: None }, Ok(ProviderStatus::Paid))
+        );
         let m = meaning(ResultCode::NotPaid, "insufficient funds");
         assert!(
             matches!(m.submit, SubmitOutcome::Rejected { ref reason } if reason.contains("insufficient funds"))
