@@ -217,9 +217,8 @@ async fn payout(State(sandbox): Shared, Path(service_id): Path<String>, body: By
             sandbox.with_ledger(|l| l.finalize(&id, generation, request.amount, declined, Utc::now()));
         if let Some(finalized) = finalized {
             sandbox.with_ledger(|l| l.stats.early_callbacks += 1);
-            if !callbacks::first_attempt(&sandbox, &finalized, plan).await {
-                sandbox.runtime.spawn(callbacks::redeliver(sandbox.clone(), finalized));
-            }
+            let task = sandbox.clone();
+            sandbox.runtime.spawn_and_wait(callbacks::deliver(task, finalized, plan)).await;
         }
     } else {
         sandbox.finish_later(id.clone(), generation, request.amount, declined, plan);

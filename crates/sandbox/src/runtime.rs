@@ -128,6 +128,18 @@ impl Runtime {
         self.tasks.spawn(task);
     }
 
+    /// Runs `task` in the background and waits for it to end. For a provider's work inside a
+    /// request, such as an early callback: the request's own future is dropped when the client
+    /// hangs up (a client timeout), and a real provider would not lose the callback because of that.
+    pub(crate) async fn spawn_and_wait(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        self.spawn(async move {
+            task.await;
+            let _ = done.send(());
+        });
+        let _ = finished.await;
+    }
+
     /// Runs `task` in the background after `delay`, unless shutdown comes first: how a
     /// simulator finishes a payout after its processing delay.
     pub(crate) fn spawn_after(&self, delay: Duration, task: impl Future<Output = ()> + Send + 'static) {

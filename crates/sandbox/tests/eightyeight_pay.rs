@@ -457,3 +457,38 @@ async fn a_timeout_after_execute_moves_the_money_and_shutdown_ends_the_held_answ
         .expect("shutdown does not wait for the held answer")
         .expect("clean shutdown");
 }
+
+/// A client that times out while the early webhook is on its way (its request's future is
+/// dropped on hang-up) must not cost the webhook: 88Pay has no status call, so a lost webhook
+/// would leave the payout unfinishable.
+#[tokio::test]
+async fn an_early_webhook_survives_the_client_hanging_up() {
+    async fn slow(body: String) -> StatusCode {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if body.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::OK }
+    }
+    let app = axum::Router::new().route("/webhooks/88pay/{capability}", axum::routing::post(slow));
+    let listener = tokio::net::TcpListener::bind(loopback()).await.expect("bind");
+    let url = format!("http://{}/webhooks/88pay/cap-0123", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let h = sandbox(|c| c.faults = Faults { early_callback_rate: 1.0, ..Faults::default() }).await;
+    let session = token(&h).await;
+    let hurried =
+        reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(100)).build().expect("client");
+    let sent = hurried
+        .post(format!("{}{CASHOUT_PATH}", h.base_url()))
+        .bearer_auth(&session.0)
+        .header("x-session-id", &session.1)
+        .header("content-type", "application/json")
+        .body(cashout_body("PO-HANGUP", "5.00", &url))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client hung up before the answer: {sent:?}");
+    assert!(
+        eventually(|| h.ledger()[0].webhook_acknowledged).await,
+        "the early webhook was lost with the request"
+    );
+    assert_eq!(h.stats().webhooks_acknowledged, 1);
+    h.shutdown().await.expect("clean shutdown");
+}

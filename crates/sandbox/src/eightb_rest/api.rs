@@ -318,6 +318,7 @@ async fn intents(State(sandbox): Shared, headers: HeaderMap, body: Bytes) -> Res
     }
     let early = sandbox.dice.roll(faults.early_callback_rate);
     let hold_answer = sandbox.dice.roll(faults.timeout_after_execute_rate);
+    let mut early_webhooks = Vec::new();
     for payment in &payments {
         let id = payment.disbursement_id.clone();
         let declined = sandbox.dice.roll(faults.decline_rate);
@@ -333,10 +334,22 @@ async fn intents(State(sandbox): Shared, headers: HeaderMap, body: Bytes) -> Res
         // Final at once, and the client hears it by webhook before the intent answer.
         if let Some(last) = sandbox.with_books(|b| b.finalize(&id, declined, Utc::now())) {
             sandbox.with_books(|b| b.stats.early_webhooks += 1);
-            if !webhooks::first_attempt(&sandbox, &last, plan).await {
-                sandbox.runtime.spawn(webhooks::redeliver(sandbox.clone(), last));
-            }
+            early_webhooks.push((last, plan));
         }
+    }
+    if !early_webhooks.is_empty() {
+        // Delivered by a task of their own, so a client hanging up does not lose them.
+        let task = sandbox.clone();
+        sandbox
+            .runtime
+            .spawn_and_wait(async move {
+                for (last, plan) in early_webhooks {
+                    if !webhooks::first_attempt(&task, &last, plan).await {
+                        task.runtime.spawn(webhooks::redeliver(task.clone(), last));
+                    }
+                }
+            })
+            .await;
     }
 
     if hold_answer {

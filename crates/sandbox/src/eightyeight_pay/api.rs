@@ -195,9 +195,8 @@ async fn cashout(State(sandbox): Shared, headers: HeaderMap, body: Bytes) -> Res
         // Final at once, and the client hears it by webhook before the cashout answer.
         if let Some(delivery) = webhooks::finalize(&sandbox, &reference, declined) {
             sandbox.with_ledger(|l| l.stats.early_webhooks += 1);
-            if !webhooks::first_attempt(&sandbox, &delivery, plan).await {
-                sandbox.runtime.spawn(webhooks::redeliver(sandbox.clone(), delivery));
-            }
+            let task = sandbox.clone();
+            sandbox.runtime.spawn_and_wait(webhooks::deliver(task, delivery, plan)).await;
         }
     } else {
         webhooks::finish_later(&sandbox, reference.clone(), declined, plan);
