@@ -574,7 +574,15 @@ async fn batch_completed_is_written_exactly_once_when_the_last_payout_is_final()
 /// own transaction, in parallel): the batch still completes exactly once.
 #[tokio::test]
 async fn simultaneous_final_callbacks_complete_the_batch_once() {
-    let mut app = TestApp::spawn(AppOptions { workers: 2, callbacks: false, ..AppOptions::default() }).await;
+    // A status interval of a minute: no payout is finished by a status query while the others
+    // are still on their way to `submitted` (a loaded run can take longer than a short interval).
+    let options = AppOptions {
+        workers: 2,
+        callbacks: false,
+        status_interval: Duration::from_secs(60),
+        ..AppOptions::default()
+    };
+    let mut app = TestApp::spawn(options).await;
     let (api, stop) = serve(&app, no_preflight()).await;
     let client = Client::new(&app, &api, "client-a", &["batches.create", "batches.read"]).await;
     let mut batches = Vec::new();
