@@ -27,6 +27,7 @@ pub mod gauges;
 pub mod heartbeat;
 pub mod rate_limit;
 pub mod reconciliation;
+pub mod restore_check;
 pub mod retention_timer;
 pub mod steps;
 pub mod telemetry;

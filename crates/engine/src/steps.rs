@@ -5,8 +5,10 @@
 //! |-----------------|--------------------------------------------------------------------------|
 //! | pending         | check: can this payout go (8B partner: balance >= amount)                 |
 //! | checked         | intent: allocate our reference, freeze the exact submit request           |
-//! |                 | (waits here, not an attempt, while an operator pauses its account)       |
-//! | intent_recorded | submit, after committing "submit started" (a crash mid-call = in doubt)   |
+//! |                 | (waits here, not an attempt, while an operator pauses its account or the  |
+//! |                 | database is marked restored: see `payoutd_store::restore`)               |
+//! | intent_recorded | submit, after committing "submit started" (a crash mid-call = in doubt);  |
+//! |                 | no submit or resubmit while the database is marked restored             |
 //! | in_doubt        | status query by our reference FIRST; resubmit only after NOT_FOUND        |
 //! |                 | answers one interval apart, long after the last submit started            |
 //! |                 | (providers without a lookup by our reference: see [`StatusLookup`])       |
@@ -35,7 +37,7 @@ use payoutd_providers::{
 use payoutd_store::queue::Lease;
 use payoutd_store::transitions::{self, AfterWrite, NextRun, ResubmitGate, StatusStart, Transition};
 use payoutd_store::{PayoutRow, PgPool, StoreError};
-use payoutd_store::{account_pauses, provider_notifications};
+use payoutd_store::{account_pauses, provider_notifications, restore};
 
 use crate::rate_limit;
 use crate::{EngineConfig, EngineError};
@@ -109,8 +111,11 @@ async fn record_intent(ctx: &StepContext<'_>, row: &PayoutRow) -> Result<Transit
     // An operator paused this account (or all of them): the payout waits here, before its
     // intent, so nothing new is sent. Not an attempt. Resuming wakes it at once; the recheck
     // (growing with the pause's age, bounded) only covers a resume that raced this step.
+    if let Some((wait, why)) = restore_hold(ctx).await? {
+        return Ok(not_yet(ctx, row, NextRun::After(wait), &why));
+    }
     if let Some(paused) = account_pauses::pause_of(ctx.pool, ctx.connector.name()).await? {
-        let wait = paused.paused_for.min(ctx.config.pause_recheck_max).max(ctx.config.pause_recheck_min);
+        let wait = pause_recheck(ctx, paused.paused_for);
         let p = &paused.pause;
         let why = format!("account {} is paused by {}: {}", p.account, p.actor, p.reason);
         return Ok(not_yet(ctx, row, NextRun::After(wait), &why));
@@ -122,6 +127,25 @@ async fn record_intent(ctx: &StepContext<'_>, row: &PayoutRow) -> Result<Transit
     let mut t = move_to(ctx, row, IntentRecorded, format!("intent recorded under reference {reference}"));
     t.intent = Some((reference, body));
     Ok(t.continue_now())
+}
+
+/// How long a payout held back for `held_for` waits before it looks again: growing with the
+/// hold's age, bounded, so a long hold writes few deferral events. Lifting a hold wakes the
+/// waiting payouts at once; the recheck only covers a lift that raced the step.
+fn pause_recheck(ctx: &StepContext<'_>, held_for: Duration) -> Duration {
+    held_for.min(ctx.config.pause_recheck_max).max(ctx.config.pause_recheck_min)
+}
+
+/// An open restore mark (`payoutd_store::restore`): the wait and the reason, if there is one.
+async fn restore_hold(ctx: &StepContext<'_>) -> Result<Option<(Duration, String)>, EngineError> {
+    let Some(mark) = restore::open_mark(ctx.pool).await? else { return Ok(None) };
+    let held_for = (chrono::Utc::now() - mark.marked_at).to_std().unwrap_or_default();
+    let why = format!(
+        "the database was restored from a backup of {} (marked by {}); nothing is sent until the restore check has run",
+        mark.backup_taken_at.format("%Y-%m-%dT%H:%M:%SZ"),
+        mark.marked_by
+    );
+    Ok(Some((pause_recheck(ctx, held_for), why)))
 }
 
 // ---- submit ------------------------------------------------------------------------------
@@ -153,6 +177,11 @@ async fn send_submit(
     row: &PayoutRow,
     lease: &Lease,
 ) -> Result<Transition, EngineError> {
+    // A restored database may have forgotten submits made after its backup: nothing is sent
+    // until the restore check has compared the open payouts with the provider's registry.
+    if let Some((wait, why)) = restore_hold(ctx).await? {
+        return Ok(not_yet(ctx, row, NextRun::After(wait), &why));
+    }
     let frozen = frozen(row)?;
     let resubmit = row.state == InDoubt;
     let attempt = match transitions::mark_submit_started(

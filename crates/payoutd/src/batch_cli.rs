@@ -492,7 +492,7 @@ pub fn parse_cli_time(text: &str) -> anyhow::Result<DateTime<Utc>> {
 }
 
 /// The 8B partner client of an account, from the configuration.
-fn eightb_partner(config: &Config, account: &str) -> anyhow::Result<EightBPartner> {
+pub(crate) fn eightb_partner(config: &Config, account: &str) -> anyhow::Result<EightBPartner> {
     let a = config
         .all_accounts()
         .into_iter()

@@ -89,6 +89,11 @@ enum Command {
     /// Operator controls: status, pause, resume, payout, limits, retention.
     #[command(flatten)]
     Operator(crate::operator_cli::OperatorCommand),
+    /// After restoring the database from a backup: mark it, check it against the providers.
+    Restore {
+        #[command(subcommand)]
+        command: crate::restore_cli::RestoreCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Postgres { .. }
             | Command::Webhook { .. }
             | Command::Operator(_)
+            | Command::Restore { .. }
     );
     let telemetry = telemetry::init(if quiet { "error" } else { "info,sqlx=warn" });
     let result = match cli.config_with_env(|name| std::env::var(name).ok()) {
@@ -219,6 +225,7 @@ pub async fn execute(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Postgres { command } => postgres(&config, command).await,
         Command::Operator(command) => crate::operator_cli::run(&config, command).await,
+        Command::Restore { command } => crate::restore_cli::run(&config, command).await,
     }
 }
 

@@ -22,5 +22,6 @@ pub mod database;
 pub mod demo;
 pub mod local_postgres;
 pub mod operator_cli;
+pub mod restore_cli;
 pub mod telemetry;
 pub mod webhooks;

@@ -760,6 +760,18 @@ fn newest_first(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
     dirs
 }
 
+/// A PostgreSQL client program such as `pg_dump` or `pg_restore`: from the installation the
+/// embedded cluster would use (`PAYOUTD_PG_BIN`, `pg_config`, /usr/lib/postgresql), else on `PATH`.
+pub fn client_program(name: &str) -> Result<PathBuf> {
+    let candidates = candidate_bin_dirs(std::env::var_os("PAYOUTD_PG_BIN"));
+    candidates
+        .iter()
+        .map(|dir| dir.join(name))
+        .find(|path| is_executable(path))
+        .or_else(|| find_program(name))
+        .ok_or(LocalPostgresError::BinariesNotFound { searched: candidates })
+}
+
 /// The first candidate holding all of initdb, pg_ctl and postgres.
 fn find_bin_dir(candidates: &[PathBuf]) -> Result<PathBuf> {
     candidates

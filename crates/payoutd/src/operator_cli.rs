@@ -324,7 +324,7 @@ pub enum RetentionCommand {
 }
 
 /// The actor of command-line actions.
-fn cli_actor() -> String {
+pub(crate) fn cli_actor() -> String {
     let login =
         std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     format!("operator:cli/{login}")

@@ -43,6 +43,7 @@ pub mod provider_notifications;
 pub mod queue;
 pub mod rate_limits;
 pub mod reconciliation;
+pub mod restore;
 pub mod retention;
 pub mod review;
 mod row;
