@@ -408,6 +408,15 @@ fn account_name(config: &Config, a: &AccountArgs) -> anyhow::Result<String> {
 }
 
 async fn status(pool: &PgPool) -> anyhow::Result<()> {
+    if let Some(mark) = payoutd_store::restore::open_mark(pool).await? {
+        println!(
+            "RESTORED DATABASE: marked by {} at {} (backup of {}); no intent or submit goes out until \
+             `payoutd restore check` has run",
+            mark.marked_by,
+            mark.marked_at.format("%Y-%m-%d %H:%M:%S"),
+            mark.backup_taken_at.format("%Y-%m-%d %H:%M:%S")
+        );
+    }
     let pauses = account_pauses::list(pool).await?;
     if pauses.is_empty() {
         println!("paused accounts: none");
