@@ -92,6 +92,10 @@ async fn reconciliation_finds_planted_discrepancies_and_acts_on_them() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let source = registry(&app);
+    let statement = EightBPartner::new(app.connector_config.clone())
+        .expect("connector")
+        .statement(None, Duration::from_secs(30))
+        .expect("statement client");
     let options = ReconcileOptions { margin: Duration::from_secs(120), ..ReconcileOptions::default() };
     let report = reconciliation::run(
         &app.db.pool,
@@ -100,6 +104,7 @@ async fn reconciliation_finds_planted_discrepancies_and_acts_on_them() {
         started,
         Utc::now() + chrono::Duration::minutes(1),
         Source::Registry(&source),
+        Some(&statement),
         &options,
     )
     .await
@@ -129,7 +134,19 @@ async fn reconciliation_finds_planted_discrepancies_and_acts_on_them() {
     assert_eq!(missing.len(), 1);
     assert_eq!(missing[0].payout_id, Some(ids[2]));
     assert_eq!(count(&report, "matched"), 9);
-    assert_eq!(r.summary["discrepancies"], 5);
+    // The balance statement in aggregate: the provider debited 12 payouts of 150000 and the one
+    // paid behind our back (50000); we count 11 paid (one failed here), one of them at 150001.
+    let statement = &r.summary["balance_statement"];
+    assert_eq!(statement["debits"], "1850000", "{statement}");
+    assert_eq!(
+        (statement["paid_payouts"].as_u64(), statement["paid_total"].as_str()),
+        (Some(11), Some("1650001"))
+    );
+    assert_eq!(statement["difference"], "199999", "150000 + 50000 - 1: {statement}");
+    let difference = items(&report, "balance_statement_difference");
+    assert_eq!(difference.len(), 1, "{:?}", report.items);
+    assert!(difference[0].detail.contains("differ by 199999"), "{}", difference[0].detail);
+    assert_eq!(r.summary["discrepancies"], 6);
     // Final payouts keep their state; the finding is on their timeline.
     assert_eq!(app.state(failed_here).await, PayoutState::Failed);
     assert!(app.reasons(failed_here).await.iter().any(|r| r.starts_with("RECONCILIATION status_mismatch")));
@@ -178,6 +195,7 @@ async fn an_open_payout_with_other_money_at_the_provider_is_parked() {
         started,
         Utc::now() + chrono::Duration::minutes(1),
         Source::Registry(&source),
+        None,
         &ReconcileOptions::default(),
     )
     .await
@@ -281,6 +299,7 @@ async fn over_twenty_thousand_rows_are_paged_without_skipping_the_boundary_minut
         base,
         base + chrono::Duration::minutes(13),
         Source::Registry(&source),
+        None,
         &ReconcileOptions { margin: Duration::from_secs(60), ..ReconcileOptions::default() },
     )
     .await
@@ -341,6 +360,7 @@ async fn a_minute_over_the_limit_is_reported_and_its_payouts_checked_one_by_one(
         minute,
         minute + chrono::Duration::minutes(1),
         Source::Registry(&source),
+        None,
         &ReconcileOptions { margin: Duration::ZERO, ..ReconcileOptions::default() },
     )
     .await
@@ -383,6 +403,7 @@ async fn token_provider_accounts_say_reconciliation_is_unsupported() {
             Utc::now() - chrono::Duration::hours(1),
             Utc::now(),
             Source::Unsupported { why: why.clone() },
+            None,
             &ReconcileOptions::default(),
         )
         .await

@@ -29,6 +29,7 @@ pub mod rate_limit;
 pub mod reconciliation;
 pub mod restore_check;
 pub mod retention_timer;
+pub mod statement_reconciliation;
 pub mod steps;
 pub mod telemetry;
 pub mod wakeup;

@@ -1,5 +1,7 @@
 //! One reconciliation run: read what the provider recorded of a period, compare it with our
 //! payouts, act on the discrepancies, store the report (see `payoutd_store::reconciliation`).
+//! The balance statement, when given, is compared in aggregate
+//! ([`crate::statement_reconciliation`]).
 //!
 //! Only the 8B partner API has a registry call. For 8B REST and 88Pay the specs have none, so
 //! a run for such an account stores and answers "unsupported" and compares nothing: a report
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use payoutd_providers::eightb_partner::registry::{self, RegistryPages, RegistryStatus};
+use payoutd_providers::eightb_partner::statement::StatementSource;
 use payoutd_providers::{Connectors, FrozenRequest, ProviderStatus};
 use payoutd_store::PgPool;
 use payoutd_store::reconciliation::{
@@ -27,6 +30,8 @@ use payoutd_store::reconciliation::{
 };
 use serde_json::json;
 use uuid::Uuid;
+
+use crate::statement_reconciliation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -96,6 +101,7 @@ pub fn unsupported_reason(kind: &str) -> Option<String> {
 }
 
 /// Runs one reconciliation of `account` over `[from, to)` (rounded out to whole minutes).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     pool: &PgPool,
     connectors: &Connectors,
@@ -103,6 +109,7 @@ pub async fn run(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     source: Source<'_>,
+    statement: Option<&dyn StatementSource>,
     options: &ReconcileOptions,
 ) -> Result<ReconcileReport, ReconcileError> {
     let connector =
@@ -209,7 +216,49 @@ pub async fn run(
         });
     }
     let (parked, alerted) = if options.act { store::act(pool, &mut comparison, id).await? } else { (0, 0) };
-    let discrepancies = comparison.discrepancies();
+    let mut discrepancies = comparison.discrepancies();
+    let balance_statement = match statement {
+        None => serde_json::Value::Null,
+        Some(source) => match source.statement(from, to).await {
+            Err(e) => {
+                tracing::error!(alert = true, account, error = %e, "reconciliation could not read the balance statement");
+                json!({ "error": e.to_string() })
+            }
+            Ok(rows) => {
+                let aggregate = statement_reconciliation::aggregate(&rows, &in_period, &fetch.rows);
+                if aggregate.not_comparable.is_none() && !aggregate.difference.is_zero() {
+                    discrepancies += 1;
+                    tracing::error!(alert = true, account, difference = %aggregate.difference,
+                        "balance statement differs from paid payouts plus commissions");
+                    comparison.items.push(Item {
+                        category: "balance_statement_difference".into(),
+                        reference: None,
+                        payout_id: None,
+                        our_state: None,
+                        our_amount: Some(aggregate.expected),
+                        our_currency: aggregate.currency.clone(),
+                        provider_status: None,
+                        provider_amount: Some(aggregate.net_debits),
+                        provider_currency: None,
+                        provider_created: None,
+                        detail: format!(
+                            "the statement's net debits {} (debits {} less credits {}) differ by {} from our paid \
+                             payouts {} ({}) plus commissions {}",
+                            aggregate.net_debits,
+                            aggregate.debits,
+                            aggregate.credits,
+                            aggregate.difference,
+                            aggregate.paid_total,
+                            aggregate.paid_payouts,
+                            aggregate.commissions
+                        ),
+                        action: "alerted".into(),
+                    });
+                }
+                serde_json::to_value(&aggregate).unwrap_or(serde_json::Value::Null)
+            }
+        },
+    };
     let summary = json!({
         "counts": comparison.counts,
         "discrepancies": discrepancies,
@@ -225,6 +274,7 @@ pub async fn run(
         "parked": parked,
         "alerted": alerted,
         "acted": options.act,
+        "balance_statement": balance_statement,
     });
     tracing::info!(account, %from, %to, discrepancies, parked, alerted, "reconciliation done");
     save("completed", summary, comparison.items).await

@@ -16,6 +16,7 @@ use payoutd_core::PayoutState;
 use payoutd_core::batch_file::BatchLimits;
 use payoutd_engine::reconciliation::{self, ReconcileOptions, Source};
 use payoutd_providers::eightb_partner::registry::parse_time;
+use payoutd_providers::eightb_partner::statement::StatementSource;
 use payoutd_providers::eightb_partner::{EightBPartner, EightBPartnerConfig};
 use payoutd_server::batches_api::BatchSettings;
 use serde::Deserialize;
@@ -177,6 +178,12 @@ pub struct ReconcileArgs {
     /// The registry URL (default `{base_url}/payout_reestr/`).
     #[arg(long, env = "PAYOUTD_REGISTRY_URL")]
     pub registry_url: Option<String>,
+    /// The balance statement URL (default `{base_url}/partner/{service_id}/balance_statement`).
+    #[arg(long, env = "PAYOUTD_BALANCE_STATEMENT_URL")]
+    pub statement_url: Option<String>,
+    /// Do not read the balance statement (no aggregate comparison).
+    #[arg(long)]
+    pub no_statement: bool,
     /// How far beyond the period the registry is read, in seconds.
     #[arg(long, default_value_t = 300)]
     pub margin_secs: u64,
@@ -528,17 +535,24 @@ async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
         created_by: "cli".into(),
         ..ReconcileOptions::default()
     };
-    let registry;
-    let source = match reconciliation::unsupported_reason(connector.kind()) {
-        Some(why) => Source::Unsupported { why },
-        None => {
-            let partner = eightb_partner(config, &args.account)?;
-            registry = partner
-                .registry(args.registry_url.as_deref(), Duration::from_secs(args.timeout_secs.max(1)))?;
-            Source::Registry(&registry)
-        }
-    };
-    let report = reconciliation::run(&pool, &connectors, &args.account, from, to, source, &options).await?;
+    let (registry, statement);
+    let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    let (source, statement_source): (Source<'_>, Option<&dyn StatementSource>) =
+        match reconciliation::unsupported_reason(connector.kind()) {
+            Some(why) => (Source::Unsupported { why }, None),
+            None => {
+                let partner = eightb_partner(config, &args.account)?;
+                registry = partner.registry(args.registry_url.as_deref(), timeout)?;
+                statement = partner.statement(args.statement_url.as_deref(), timeout)?;
+                (
+                    Source::Registry(&registry),
+                    (!args.no_statement).then_some(&statement as &dyn StatementSource),
+                )
+            }
+        };
+    let report =
+        reconciliation::run(&pool, &connectors, &args.account, from, to, source, statement_source, &options)
+            .await?;
     let r = &report.reconciliation;
     match args.format.as_str() {
         "json" => println!(
@@ -574,6 +588,7 @@ async fn reconcile(config: &Config, args: ReconcileArgs) -> anyhow::Result<()> {
                 "unpageable_minutes",
                 "parked",
                 "alerted",
+                "balance_statement",
             ] {
                 if let Some(v) = r.summary.get(key) {
                     println!("{key:<22} {v}");

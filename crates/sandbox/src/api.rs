@@ -33,6 +33,7 @@ pub(crate) fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/partner/{service_id}/check", post(check))
         .route("/partner/{service_id}/balance", post(balance))
         .route("/payout_reestr/", get(crate::registry::registry))
+        .route("/partner/{service_id}/balance_statement", post(crate::registry::balance_statement))
         .route("/_sandbox/ledger", get(ledger))
         .route("/_sandbox/stats", get(stats))
         .with_state(sandbox)

@@ -144,8 +144,21 @@ struct Record {
     generation: u64,
 }
 
+/// One movement of the balance, for the balance statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BalanceMovement {
+    pub(crate) id: u64,
+    pub(crate) at: DateTime<Utc>,
+    /// Debit (`OUT`) or credit (`IN`).
+    pub(crate) debit: bool,
+    pub(crate) amount: Decimal,
+    pub(crate) comment: String,
+}
+
 pub(crate) struct Ledger {
     balance: Decimal,
+    /// Every debit and credit, oldest first.
+    pub(crate) movements: Vec<BalanceMovement>,
     records: BTreeMap<String, Record>,
     /// When each id was last checked, for `checks_too_soon`.
     last_checks: BTreeMap<String, Instant>,
@@ -156,6 +169,7 @@ impl Ledger {
     pub(crate) fn new(balance: Decimal) -> Self {
         Self {
             balance,
+            movements: Vec::new(),
             records: BTreeMap::new(),
             last_checks: BTreeMap::new(),
             stats: SandboxStats::default(),
@@ -164,6 +178,11 @@ impl Ledger {
 
     pub(crate) fn balance(&self) -> Decimal {
         self.balance
+    }
+
+    fn move_balance(&mut self, at: DateTime<Utc>, debit: bool, amount: Decimal, comment: String) {
+        let id = self.movements.len() as u64 + 1;
+        self.movements.push(BalanceMovement { id, at, debit, amount, comment });
     }
 
     /// Executes a payout if the balance covers it. Never deduplicates: a known id is executed
@@ -186,6 +205,7 @@ impl Ledger {
             return Execution::Insufficient { balance: self.balance };
         }
         self.balance -= request.amount;
+        self.move_balance(now, true, request.amount, format!("payout {}", request.id));
         self.stats.payouts_executed += 1;
         let record = self.records.entry(request.id.clone()).or_insert_with(|| Record {
             entry: new_entry(request, now),
@@ -222,6 +242,7 @@ impl Ledger {
     ) -> Option<Finalized> {
         if declined {
             self.balance += amount;
+            self.move_balance(now, false, amount, format!("refund of declined payout {id}"));
             self.stats.declined += 1;
         }
         let record = self.records.get_mut(id)?;

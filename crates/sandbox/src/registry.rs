@@ -1,21 +1,29 @@
-//! The sandbox's transaction registry (`GET /payout_reestr/`), for reconciliation: every payout
-//! the ledger holds whose first submit ("created") falls in `[dt_start, dt_end)`, written with
-//! the connector's own writer, and the spec's limit error above 20,000 rows (naming the
-//! creation time of the 20,000th row minus one minute).
+//! The sandbox's reconciliation calls.
+//! - The transaction registry (`GET /payout_reestr/`): every payout the ledger holds whose first
+//!   submit ("created") falls in `[dt_start, dt_end)`, written with the connector's own writer,
+//!   and the spec's limit error above 20,000 rows (naming the creation time of the 20,000th row
+//!   minus one minute).
+//! - The balance statement (`POST /partner/{service_id}/balance_statement`): every debit (each
+//!   execution of a payout) and credit (the refund of a declined one) in `[dt_start, dt_end)`.
+//!   The sandbox charges no commission.
 //!
 //! [`seed`] puts payouts straight into the ledger with chosen creation times, so that tests can
 //! build registries of tens of thousands of rows without sending each one.
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::Form;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use payoutd_providers::eightb_partner::registry::{
     REGISTRY_LIMIT, RegistryRow, RegistryStatus, write_registry, write_too_large,
 };
-use payoutd_providers::eightb_partner::signature::{sign_registry, signatures_match};
+use payoutd_providers::eightb_partner::signature::{sign_balance_statement, sign_registry, signatures_match};
+use payoutd_providers::eightb_partner::statement::{
+    Movement, StatementRow, write_statement, write_statement_error,
+};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -125,4 +133,47 @@ pub fn seed(sandbox: &Sandbox, payouts: &[SeedPayout]) -> usize {
         }
         executed
     })
+}
+
+/// `POST /partner/{service_id}/balance_statement` with the form `dt_start`, `dt_end`, `hash`.
+pub(crate) async fn balance_statement(
+    State(sandbox): State<Arc<Sandbox>>,
+    Path(service_id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let xml = |status: StatusCode, body: String| {
+        (status, [(header::CONTENT_TYPE, "application/xml; charset=utf-8")], body).into_response()
+    };
+    let field = |name: &str| form.get(name).map(String::as_str);
+    let (Some(dt_start), Some(dt_end), Some(hash)) = (field("dt_start"), field("dt_end"), field("hash"))
+    else {
+        return xml(
+            StatusCode::OK,
+            write_statement_error("missing parameter (dt_start, dt_end and hash are required)"),
+        );
+    };
+    if !signatures_match(&sign_balance_statement(dt_start, dt_end, sandbox.secret()), hash) {
+        sandbox.with_ledger(|l| l.stats.bad_signatures += 1);
+        return xml(StatusCode::OK, write_statement_error("invalid hash"));
+    }
+    if service_id != sandbox.config().service_id {
+        return xml(StatusCode::NOT_FOUND, write_statement_error("unknown service"));
+    }
+    let (Some(start), Some(end)) = (period_dt(dt_start), period_dt(dt_end)) else {
+        return xml(StatusCode::OK, write_statement_error("dt_start and dt_end must be dd.MM.yyyy HH:mm"));
+    };
+    let rows: Vec<StatementRow> = sandbox.with_ledger(|l| {
+        l.movements
+            .iter()
+            .filter(|m| m.at >= start && m.at < end)
+            .map(|m| StatementRow {
+                id: m.id.to_string(),
+                dt: m.at,
+                movement: if m.debit { Movement::Debit } else { Movement::Credit },
+                amount: m.amount,
+                comment: Some(m.comment.clone()),
+            })
+            .collect()
+    });
+    xml(StatusCode::OK, write_statement(&rows))
 }

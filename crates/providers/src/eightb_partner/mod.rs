@@ -9,6 +9,7 @@
 //! - [`callback`]: verification of the provider's signed callbacks.
 //! - [`registry`]: the transaction registry (`payout_reestr`) for reconciliation, paged past its
 //!   20,000-row limit.
+//! - [`statement`]: the balance statement (`balance_statement`), reconciled in aggregate.
 //!
 //! The sandbox crate reuses [`signature`] and [`wire`] so that it signs and answers exactly like
 //! the provider we implement against.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod format;
 pub mod registry;
 pub mod signature;
+pub mod statement;
 pub mod wire;
 
 pub use callback::verify_callback;
