@@ -125,7 +125,23 @@ pub async fn run_once(
     INSTRUMENTS.due.record(figures.due, &[]);
     INSTRUMENTS.oldest_due_age.record(figures.oldest_due_age_secs, &[]);
     record_pauses(pool, connectors).await?;
+    record_batches_and_restore(pool).await?;
     Ok(figures)
+}
+
+/// `payoutd_batches{state}` (0 when none), `payoutd_batch_open_payouts` and
+/// `payoutd_restore_marked`: a batch stuck in approval, a batch that does not finish, a
+/// restored database whose check was never run.
+async fn record_batches_and_restore(pool: &PgPool) -> Result<(), StoreError> {
+    let figures = payoutd_store::batches::open_figures(pool).await?;
+    for state in ["awaiting_approval", "processing"] {
+        let n = figures.by_state.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+        INSTRUMENTS.batches.record(n, &[KeyValue::new("state", state)]);
+    }
+    INSTRUMENTS.batch_open_payouts.record(figures.open_payouts, &[]);
+    let marked = payoutd_store::restore::open_mark(pool).await?.is_some();
+    INSTRUMENTS.restore_marked.record(i64::from(marked), &[]);
+    Ok(())
 }
 
 /// `payoutd_account_paused{account}`: 1 for each paused account (and `*` for all), 0 for every

@@ -23,6 +23,9 @@ pub(crate) struct Instruments {
     pub balance: Gauge<f64>,
     pub gauge_errors: Counter<u64>,
     pub account_paused: Gauge<i64>,
+    pub batches: Gauge<i64>,
+    pub batch_open_payouts: Gauge<i64>,
+    pub restore_marked: Gauge<i64>,
 }
 
 pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
@@ -74,6 +77,18 @@ pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
         account_paused: meter
             .i64_gauge("payoutd.account.paused")
             .with_description("1 while an operator has paused submits for the account (\"*\": all accounts), else 0")
+            .build(),
+        batches: meter
+            .i64_gauge("payoutd.batches")
+            .with_description("Batches not yet completed, by state (awaiting_approval, processing)")
+            .build(),
+        batch_open_payouts: meter
+            .i64_gauge("payoutd.batch.open_payouts")
+            .with_description("Payouts of batches that are not final yet")
+            .build(),
+        restore_marked: meter
+            .i64_gauge("payoutd.restore.marked")
+            .with_description("1 while the database is marked restored (no intent or submit goes out), else 0")
             .build(),
     }
 });

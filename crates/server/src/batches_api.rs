@@ -132,6 +132,27 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 pub async fn upload(
+    state: State<AppState>,
+    settings: Settings,
+    auth: Authenticated,
+    query: Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let answer = store_upload(state, settings, auth, query, headers, body).await;
+    crate::telemetry::count_batch_upload(match &answer {
+        Ok(r) if r.status() == StatusCode::CREATED => "accepted",
+        Ok(r) if r.status() == StatusCode::OK => "replayed",
+        Ok(r) if r.status() == StatusCode::CONFLICT => "conflict",
+        Ok(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        Ok(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => "rejected",
+        Ok(_) => "other",
+        Err(_) => "error",
+    });
+    answer
+}
+
+async fn store_upload(
     State(state): State<AppState>,
     axum::Extension(settings): Settings,
     auth: Authenticated,
@@ -309,6 +330,7 @@ pub async fn upload(
     .await?;
     match created {
         CreateBatch::Created(batch) => {
+            crate::telemetry::count_batch_rows(batch.rows);
             let totals = batches::totals(&state.pool, batch.id).await?;
             let mut body = batches::summary_json(&batch, &totals);
             body["preflight"] = json!(preflight);

@@ -49,6 +49,32 @@ static CALLBACKS: LazyLock<Counter<u64>> = LazyLock::new(|| {
         .build()
 });
 
+static BATCH_UPLOADS: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    payoutd_providers::telemetry::meter()
+        .u64_counter("payoutd.batch.uploads")
+        .with_description(
+            "Batch uploads answered, by result: accepted, replayed, rejected (bad rows, limits), conflict, too_large, error",
+        )
+        .build()
+});
+
+static BATCH_ROWS: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    payoutd_providers::telemetry::meter()
+        .u64_counter("payoutd.batch.rows")
+        .with_description("Payouts stored by accepted batch uploads")
+        .build()
+});
+
+/// Counts one answered batch upload; `result` is one of a few fixed words.
+pub fn count_batch_upload(result: &'static str) {
+    BATCH_UPLOADS.add(1, &[KeyValue::new("result", result)]);
+}
+
+/// Counts the rows of an accepted batch.
+pub fn count_batch_rows(rows: i32) {
+    BATCH_ROWS.add(u64::try_from(rows).unwrap_or(0), &[]);
+}
+
 /// Counts one callback. `reason` is one of a few fixed words (never text from the sender).
 pub fn count_callback(provider: &str, result: CallbackResult, reason: &'static str) {
     CALLBACKS.add(

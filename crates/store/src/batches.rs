@@ -870,3 +870,25 @@ pub async fn list(pool: &PgPool, client_id: &str, limit: i64) -> Result<Vec<Batc
     .await?;
     raws.into_iter().map(Batch::try_from).collect()
 }
+
+/// Batches not yet completed, for the gauges.
+#[derive(Debug, Clone, Default)]
+pub struct OpenBatchFigures {
+    /// (state, batches) for `awaiting_approval` and `processing`.
+    pub by_state: Vec<(String, i64)>,
+    /// Payouts of batches that are not final yet (the partial index on open batch payouts).
+    pub open_payouts: i64,
+}
+
+pub async fn open_figures(pool: &PgPool) -> Result<OpenBatchFigures, StoreError> {
+    let by_state: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state::text, count(*) FROM batches WHERE state <> 'completed' GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+    let open_payouts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payouts WHERE batch_id IS NOT NULL AND state NOT IN ('paid', 'failed', 'cancelled')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(OpenBatchFigures { by_state, open_payouts })
+}
