@@ -354,7 +354,10 @@ fn same_payment(payout: &OpenPayout, row: &RegistryRow) -> bool {
 
 /// The number of one of our references ("PO" and digits).
 fn reference_number(reference: &str) -> Option<i64> {
-    reference.strip_prefix("PO").filter(|d| !d.is_empty() && d.len() <= 18).and_then(|d| d.parse().ok())
+    reference
+        .strip_prefix("PO")
+        .filter(|d| (1..=18).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
 }
 
 #[cfg(test)]
