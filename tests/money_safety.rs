@@ -646,7 +646,12 @@ async fn item6_heartbeats_stop_when_their_job_ends_however_it_ends() {
             payoutd_engine::heartbeat::start(p, l, Duration::from_millis(200), Duration::from_secs(2));
         std::future::pending::<()>().await;
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Aborted once its heartbeat has extended the lease (however long a loaded machine takes).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while expiry().await == after_panic {
+        assert!(Instant::now() < deadline, "the second job's heartbeats never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     job.abort();
     let _ = job.await;
     let after_abort = expiry().await;
