@@ -61,12 +61,17 @@ async fn two_workers_share_the_queue_without_double_work() {
     .fetch_all(&app.db.pool)
     .await
     .unwrap();
-    // A second submit happens only after the provider said NOT_FOUND (a 5xx before execution).
+    // A second submit happens only in doubt (a 5xx, or a worker that lost its lease mid-call on
+    // a loaded machine) and after the provider said NOT_FOUND.
     for (id, _) in &submits {
         let reasons = app.reasons(*id).await;
         assert!(
-            reasons.iter().any(|r| r.contains("outcome unknown")),
+            reasons.iter().any(|r| r.contains("outcome unknown") || r.contains("outcome was never recorded")),
             "{id} resubmitted without being in doubt: {reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("NOT_FOUND")),
+            "{id} resubmitted without a NOT_FOUND answer: {reasons:?}"
         );
     }
     assert_no_double_execution(&app.sandbox);
