@@ -211,6 +211,28 @@ async fn read_answer(request: reqwest::RequestBuilder) -> Result<HttpAnswer, Sen
 }
 
 /// Reads `Retry-After` from answer headers (delay in seconds, or an HTTP date).
+/// Why a bounded body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// The transport failed (described without the URL).
+    Transport(String),
+    /// The body is longer than the bound.
+    TooLong(usize),
+}
+
+/// Reads a response body of at most `max` bytes, chunk by chunk, so a huge answer is refused
+/// before it is held whole. For the large reconciliation answers (registry, statement).
+pub async fn bounded_body(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| BodyError::Transport(describe(&e)))? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLong(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
     parse_retry_after(value, Utc::now())

@@ -45,6 +45,7 @@ use super::client::{ConfigError, EightBPartner};
 use super::format::format_period_dt;
 use super::signature::sign_registry;
 use crate::connector::BoxFuture;
+use crate::http::BodyError;
 
 /// The most rows one registry answer holds (the spec).
 pub const REGISTRY_LIMIT: usize = 20_000;
@@ -397,7 +398,7 @@ impl EightBRegistry {
 
     async fn fetch(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> Result<RegistryPage, RegistryError> {
         // Never the URL or the query in an error: the query carries the signature.
-        let mut response = self
+        let response = self
             .http
             .get(&self.url)
             .query(&self.query(start, end))
@@ -405,17 +406,10 @@ impl EightBRegistry {
             .await
             .map_err(|e| RegistryError::Http(crate::http::describe(&e)))?;
         let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) =
-            response.chunk().await.map_err(|e| RegistryError::Http(crate::http::describe(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_REGISTRY_BYTES {
-                return Err(RegistryError::Unreadable(format!(
-                    "answer longer than {MAX_REGISTRY_BYTES} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::http::bounded_body(response, MAX_REGISTRY_BYTES).await.map_err(|e| match e {
+            BodyError::Transport(why) => RegistryError::Http(why),
+            BodyError::TooLong(max) => RegistryError::Unreadable(format!("answer longer than {max} bytes")),
+        })?;
         let body = String::from_utf8_lossy(&body);
         if !status.is_success() && !body.contains(TOO_LARGE_TEXT) {
             return Err(RegistryError::Http(format!("answered HTTP {status}")));

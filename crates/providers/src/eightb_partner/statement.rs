@@ -29,6 +29,7 @@ use super::format::format_period_dt;
 use super::registry::parse_time;
 use super::signature::sign_balance_statement;
 use crate::connector::BoxFuture;
+use crate::http::BodyError;
 
 /// Statement answers can be long; bounded all the same.
 const MAX_STATEMENT_BYTES: usize = 64 * 1024 * 1024;
@@ -201,7 +202,7 @@ impl EightBStatement {
         end: DateTime<Utc>,
     ) -> Result<Vec<StatementRow>, StatementError> {
         // Never the URL or the form in an error: the form carries the signature.
-        let mut response = self
+        let response = self
             .http
             .post(&self.url)
             .form(&self.form(start, end))
@@ -209,17 +210,10 @@ impl EightBStatement {
             .await
             .map_err(|e| StatementError::Http(crate::http::describe(&e)))?;
         let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) =
-            response.chunk().await.map_err(|e| StatementError::Http(crate::http::describe(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_STATEMENT_BYTES {
-                return Err(StatementError::Unreadable(format!(
-                    "answer longer than {MAX_STATEMENT_BYTES} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::http::bounded_body(response, MAX_STATEMENT_BYTES).await.map_err(|e| match e {
+            BodyError::Transport(why) => StatementError::Http(why),
+            BodyError::TooLong(max) => StatementError::Unreadable(format!("answer longer than {max} bytes")),
+        })?;
         if !status.is_success() {
             return Err(StatementError::Http(format!("answered HTTP {status}")));
         }
