@@ -280,3 +280,95 @@ async fn a_provider_without_registry_parks_what_may_have_been_sent() {
     assert!(reasons.iter().any(|r| r.contains("88pay has no registry")), "{reasons:?}");
     app.shutdown().await;
 }
+
+/// `payoutd restore mark|status|check` from the command line, against a database and the
+/// sandbox: the mark holds new payouts back, a second mark is refused, the check releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restore_commands_mark_hold_and_release() {
+    use payoutd_tests::{PARTNER_SECRET, SERVICE_ID, binary};
+    let app = TestApp::spawn(AppOptions { workers: 2, ..AppOptions::default() }).await;
+    let token = app.token(&["*"]).await;
+    for n in 0..3 {
+        app.enqueue(&token, &body(n)).await;
+    }
+    app.wait_all_final(Duration::from_secs(60)).await;
+
+    let (target, profile) = binary::target_and_profile();
+    let bin = binary::payoutd_binary(&target, &profile);
+    let dir = target.join("restore-cli");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join(format!("payoutd-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(
+        &config,
+        format!(
+            "[eightb_partner]\nbase_url = \"{}\"\nservice_id = \"{SERVICE_ID}\"\nsecret = \"{PARTNER_SECRET}\"\n",
+            app.sandbox.base_url()
+        ),
+    )
+    .expect("config");
+    let url = app.db.url();
+    let payoutd = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            if name.starts_with("PAYOUTD_") || name == "DATABASE_URL" {
+                c.env_remove(name);
+            }
+        }
+        let out = c
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("run payoutd");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = payoutd(&["restore", "status"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("not marked restored"), "{out}");
+    let backup = (Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let (code, out, err) =
+        payoutd(&["restore", "mark", "--backup-taken-at", &backup, "--reason", "restore drill"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("marked restored from the backup of"), "{out}");
+    let (code, out, err) = payoutd(&["restore", "mark", "--backup-taken-at", &backup, "--reason", "again"]);
+    assert_ne!(code, Some(0), "a second mark is refused: {out}");
+    assert!(err.contains("marked restored already"), "{err}");
+    let (_, out, _) = payoutd(&["restore", "status"]);
+    assert!(out.contains("marked restored by operator:cli/"), "{out}");
+    let (_, out, _) = payoutd(&["status"]);
+    assert!(out.contains("RESTORED DATABASE"), "{out}");
+
+    // New payouts wait while marked.
+    let received = app.sandbox.stats().payouts_received;
+    let held: Vec<Uuid> = {
+        let mut ids = Vec::new();
+        for n in 3..5 {
+            ids.push(app.enqueue(&token, &body(n)).await);
+        }
+        ids
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.sandbox.stats().payouts_received, received, "nothing sent while marked");
+    for id in &held {
+        assert!(!app.state(*id).await.is_final());
+    }
+
+    let (code, out, err) = payoutd(&["restore", "check", "--margin-secs", "120"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("mark cleared"), "{out}");
+    assert!(out.contains("8b_partner") && out.contains("checked"), "{out}");
+    app.wait_all_final(Duration::from_secs(60)).await;
+    for id in &held {
+        assert_eq!(app.state(*id).await, payoutd_core::PayoutState::Paid);
+    }
+    payoutd_tests::assert_no_double_execution(&app.sandbox);
+    let _ = std::fs::remove_file(&config);
+    app.shutdown().await;
+}

@@ -17,7 +17,7 @@ use payoutd_sandbox::Faults;
 use payoutd_tests::token_accounts::{
     PAY_A, REST_A, REST_B, TokenOptions, TokenSandboxes, account_payout_body,
 };
-use payoutd_tests::{AppOptions, PARTNER_SECRET, SERVICE_ID, TestApp, TestDb, binary, payout_body};
+use payoutd_tests::{AppOptions, PARTNER_SECRET, SERVICE_ID, TestApp, binary, payout_body};
 use uuid::Uuid;
 
 fn faults() -> Faults {
@@ -31,17 +31,6 @@ fn faults() -> Faults {
         early_callback_rate: 0.1,
         rate_limit_rate: 0.01,
         ..Faults::default()
-    }
-}
-
-/// A URL the child processes reach the test database with.
-fn database_url(db: &TestDb) -> String {
-    let o = &db.options;
-    let host = o.get_host();
-    if host.starts_with('/') {
-        format!("postgres://{}@localhost:{}/{}?host={host}", o.get_username(), o.get_port(), db.name)
-    } else {
-        format!("postgres://{}@{host}:{}/{}", o.get_username(), o.get_port(), db.name)
     }
 }
 
@@ -128,7 +117,7 @@ async fn run_fleet(payouts: usize, workers: usize) {
     .expect("write config");
     let mut env: Vec<(String, String)> =
         TokenSandboxes::accounts_env().into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-    env.push(("DATABASE_URL".into(), database_url(&app.db)));
+    env.push(("DATABASE_URL".into(), app.db.url()));
     env.push(("PAYOUTD_ADMIN_LISTEN".into(), "off".into()));
     let config_path = config.clone();
     let mut fleet = Fleet { bin, config, env, children: Vec::new() };

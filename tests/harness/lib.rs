@@ -52,6 +52,19 @@ pub struct TestDb {
     pub options: PgConnectOptions,
 }
 
+impl TestDb {
+    /// A URL child processes (`payoutd ...`) reach this database with, over TCP or the socket.
+    pub fn url(&self) -> String {
+        let o = &self.options;
+        let host = o.get_host();
+        if host.starts_with('/') {
+            format!("postgres://{}@localhost:{}/{}?host={host}", o.get_username(), o.get_port(), self.name)
+        } else {
+            format!("postgres://{}@{host}:{}/{}", o.get_username(), o.get_port(), self.name)
+        }
+    }
+}
+
 pub async fn fresh_db() -> TestDb {
     let admin_opts = admin_options().await;
     let admin = payoutd_store::connect(admin_opts.clone(), 1).await.expect("connect admin");
