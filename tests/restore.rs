@@ -372,3 +372,62 @@ async fn the_restore_commands_mark_hold_and_release() {
     let _ = std::fs::remove_file(&config);
     app.shutdown().await;
 }
+
+/// A payout whose intent is recorded (its submit not started) when the database is marked:
+/// the "submit started" write itself refuses while the mark is open, so nothing is sent; the
+/// check lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_intent_is_not_submitted_while_marked() {
+    use payoutd_providers::PayoutForProvider;
+    let mut app = TestApp::spawn(AppOptions { workers: 0, callbacks: false, ..AppOptions::default() }).await;
+    let token = app.token(&["*"]).await;
+    let id = app.enqueue(&token, &body(1)).await;
+    let row = payoutd_tests::row(&app, id).await;
+    let reference = "PO000000000000004242";
+    let connector = app.connectors.get("8b_partner").expect("connector").clone();
+    let frozen = connector.freeze_submit(
+        &PayoutForProvider { money: row.money, destination: row.destination.clone() },
+        reference,
+        Utc::now(),
+    );
+    sqlx::query(
+        "UPDATE payouts SET state = 'intent_recorded', provider_reference = $2, submit_request = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reference)
+    .bind(serde_json::to_value(&frozen).expect("json"))
+    .execute(&app.db.pool)
+    .await
+    .expect("intent");
+    let reason = Reason::parse("drill").expect("reason");
+    restore::mark(&app.db.pool, Utc::now(), "operator:test", &reason, 1_000).await.expect("mark");
+    app.start_worker("held-0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !app.reasons(id).await.iter().any(|r| r.starts_with("deferred: the database was restored")) {
+        assert!(Instant::now() < deadline, "the submit was never held: {:?}", app.reasons(id).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.sandbox.stats().payouts_received, 0, "a submit went out while marked");
+    assert_eq!(app.state(id).await, payoutd_core::PayoutState::IntentRecorded);
+    assert_eq!(payoutd_tests::row(&app, id).await.submit_attempts, 0);
+
+    let registry = EightBPartner::new(app.connector_config.clone())
+        .expect("connector")
+        .registry(None, Duration::from_secs(30))
+        .expect("registry");
+    let report = restore_check::run(
+        &app.db.pool,
+        &app.connectors,
+        vec![("8b_partner".to_owned(), AccountSource::Registry(&registry))],
+        &RestoreCheckOptions::default(),
+    )
+    .await
+    .expect("check");
+    assert!(report.cleared, "{report:#?}");
+    assert_eq!(report.accounts[0].not_sent_since_backup, 1, "{report:#?}");
+    app.wait_all_final(Duration::from_secs(60)).await;
+    assert_eq!(app.state(id).await, payoutd_core::PayoutState::Paid);
+    assert_eq!(app.sandbox.stats().payouts_executed, 1);
+    app.stop_workers().await;
+    app.shutdown().await;
+}

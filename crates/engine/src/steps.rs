@@ -37,7 +37,7 @@ use payoutd_providers::{
 use payoutd_store::queue::Lease;
 use payoutd_store::transitions::{self, AfterWrite, NextRun, ResubmitGate, StatusStart, Transition};
 use payoutd_store::{PayoutRow, PgPool, StoreError};
-use payoutd_store::{account_pauses, provider_notifications, restore};
+use payoutd_store::{account_pauses, provider_notifications};
 
 use crate::rate_limit;
 use crate::{EngineConfig, EngineError};
@@ -111,14 +111,9 @@ async fn record_intent(ctx: &StepContext<'_>, row: &PayoutRow) -> Result<Transit
     // An operator paused this account (or all of them): the payout waits here, before its
     // intent, so nothing new is sent. Not an attempt. Resuming wakes it at once; the recheck
     // (growing with the pause's age, bounded) only covers a resume that raced this step.
-    if let Some((wait, why)) = restore_hold(ctx).await? {
-        return Ok(not_yet(ctx, row, NextRun::After(wait), &why));
-    }
-    if let Some(paused) = account_pauses::pause_of(ctx.pool, ctx.connector.name()).await? {
-        let wait = pause_recheck(ctx, paused.paused_for);
-        let p = &paused.pause;
-        let why = format!("account {} is paused by {}: {}", p.account, p.actor, p.reason);
-        return Ok(not_yet(ctx, row, NextRun::After(wait), &why));
+    if let Some(hold) = account_pauses::intent_hold(ctx.pool, ctx.connector.name()).await? {
+        let wait = pause_recheck(ctx, hold.held_for);
+        return Ok(not_yet(ctx, row, NextRun::After(wait), &hold.why));
     }
     let reference = transitions::allocate_reference(ctx.pool).await?;
     let payout = PayoutForProvider { money: row.money, destination: row.destination.clone() };
@@ -134,18 +129,6 @@ async fn record_intent(ctx: &StepContext<'_>, row: &PayoutRow) -> Result<Transit
 /// waiting payouts at once; the recheck only covers a lift that raced the step.
 fn pause_recheck(ctx: &StepContext<'_>, held_for: Duration) -> Duration {
     held_for.min(ctx.config.pause_recheck_max).max(ctx.config.pause_recheck_min)
-}
-
-/// An open restore mark (`payoutd_store::restore`): the wait and the reason, if there is one.
-async fn restore_hold(ctx: &StepContext<'_>) -> Result<Option<(Duration, String)>, EngineError> {
-    let Some(mark) = restore::open_mark(ctx.pool).await? else { return Ok(None) };
-    let held_for = (chrono::Utc::now() - mark.marked_at).to_std().unwrap_or_default();
-    let why = format!(
-        "the database was restored from a backup of {} (marked by {}); nothing is sent until the restore check has run",
-        mark.backup_taken_at.format("%Y-%m-%dT%H:%M:%SZ"),
-        mark.marked_by
-    );
-    Ok(Some((pause_recheck(ctx, held_for), why)))
 }
 
 // ---- submit ------------------------------------------------------------------------------
@@ -177,11 +160,6 @@ async fn send_submit(
     row: &PayoutRow,
     lease: &Lease,
 ) -> Result<Transition, EngineError> {
-    // A restored database may have forgotten submits made after its backup: nothing is sent
-    // until the restore check has compared the open payouts with the provider's registry.
-    if let Some((wait, why)) = restore_hold(ctx).await? {
-        return Ok(not_yet(ctx, row, NextRun::After(wait), &why));
-    }
     let frozen = frozen(row)?;
     let resubmit = row.state == InDoubt;
     let attempt = match transitions::mark_submit_started(
@@ -195,6 +173,12 @@ async fn send_submit(
     .await
     {
         Ok(attempt) => attempt,
+        // A restored database may have forgotten submits made after its backup: nothing is sent
+        // until the restore check has compared the open payouts with the provider's registry
+        // (checked by the "submit started" write itself). Clearing the mark wakes the payout.
+        Err(StoreError::Held(why)) => {
+            return Ok(not_yet(ctx, row, NextRun::After(ctx.config.pause_recheck_max), &why));
+        }
         Err(StoreError::Refused(why)) => {
             return Ok(stay(ctx, row, format!("resubmit not allowed yet: {why}"))
                 .at(status_due(ctx, Duration::ZERO)));

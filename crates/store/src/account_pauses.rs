@@ -60,6 +60,46 @@ pub async fn pause_of(pool: &PgPool, account: &str) -> Result<Option<ActivePause
     }))
 }
 
+/// What holds back a new intent: an open restore mark (`crate::restore`), else a pause.
+#[derive(Debug, Clone)]
+pub struct IntentHold {
+    /// The payout's timeline says this.
+    pub why: String,
+    /// How long the hold has lasted (on the database's clock).
+    pub held_for: Duration,
+}
+
+/// The hold on new intents of `account`, if any: an open restore mark first, then the account's
+/// own pause, then the pause of all accounts. One query, since it runs before every intent.
+pub async fn intent_hold(pool: &PgPool, account: &str) -> Result<Option<IntentHold>, StoreError> {
+    type Row = (bool, String, String, String, f64, Option<DateTime<Utc>>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT restore, target, actor, reason, GREATEST(extract(epoch FROM now() - since), 0)::float8, backup
+           FROM (SELECT true AS restore, 0 AS rank, '*' AS target, marked_by AS actor, reason,
+                        marked_at AS since, backup_taken_at AS backup
+                   FROM restore_marks WHERE cleared_at IS NULL
+                 UNION ALL
+                 SELECT false, CASE WHEN account = '*' THEN 2 ELSE 1 END, account, actor, reason,
+                        paused_at, NULL::timestamptz
+                   FROM account_pauses WHERE account IN ($1, '*')) holds
+          ORDER BY rank LIMIT 1",
+    )
+    .bind(account)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(restore, target, actor, reason, secs, backup)| IntentHold {
+        why: match backup {
+            Some(backup) if restore => format!(
+                "the database was restored from a backup of {} (marked by {actor}); nothing is sent until \
+                 the restore check has run",
+                backup.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            _ => format!("account {target} is paused by {actor}: {reason}"),
+        },
+        held_for: Duration::try_from_secs_f64(secs).unwrap_or_default(),
+    }))
+}
+
 /// Pauses `account` (or every account with [`ALL_ACCOUNTS`]). Refused when it is paused already.
 pub async fn pause(pool: &PgPool, account: &str, actor: &str, reason: &Reason) -> Result<Pause, ActionError> {
     let mut tx = pool.begin().await?;

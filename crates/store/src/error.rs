@@ -17,4 +17,8 @@ pub enum StoreError {
     /// provider reported the payout unknown often enough). Nothing was written.
     #[error("refused: {0}")]
     Refused(String),
+    /// The database is marked restored (`restore::open_mark`): no submit goes out until the
+    /// restore check has run. Nothing was written.
+    #[error("held: {0}")]
+    Held(String),
 }

@@ -44,7 +44,9 @@ macro_rules! mark_columns {
     };
 }
 
-/// The open mark, if any. The engine asks before every intent and every submit.
+/// The open mark, if any. The engine never asks this on its own: the intent step reads the mark
+/// with the account pauses (`account_pauses::intent_hold`), and the "submit started" write
+/// refuses while a mark is open (`transitions::mark_submit_started`).
 pub async fn open_mark(pool: &PgPool) -> Result<Option<RestoreMark>, StoreError> {
     let mark = sqlx::query_as(concat!(
         "SELECT ",
@@ -54,6 +56,16 @@ pub async fn open_mark(pool: &PgPool) -> Result<Option<RestoreMark>, StoreError>
     .fetch_optional(pool)
     .await?;
     Ok(mark)
+}
+
+/// Why a payout waits while `mark` is open, as its timeline says it (the intent's hold words
+/// it the same way: `account_pauses::intent_hold`).
+pub fn hold_reason(mark: &RestoreMark) -> String {
+    format!(
+        "the database was restored from a backup of {} (marked by {}); nothing is sent until the restore check has run",
+        mark.backup_taken_at.format("%Y-%m-%dT%H:%M:%SZ"),
+        mark.marked_by
+    )
 }
 
 /// Marks the database restored from a backup taken at `backup_taken_at`, and moves the

@@ -262,6 +262,7 @@ pub async fn mark_submit_started(
                 lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => $5)),
                 updated_at = now()
           WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL AND lease_expires_at > now()
+            AND NOT EXISTS (SELECT 1 FROM restore_marks WHERE cleared_at IS NULL)
             AND (state = 'intent_recorded' OR (state = 'in_doubt' AND ",
         resubmit_gate_holds!(),
         "))
@@ -296,10 +297,12 @@ pub async fn mark_submit_started(
     Ok(u32::try_from(attempts).unwrap_or(0))
 }
 
-/// Tells a lost lease from a refused precondition after a guarded write matched no row.
+/// Tells a lost lease from a restore mark and from a refused precondition after a guarded
+/// write matched no row.
 async fn why_refused(pool: &PgPool, lease: &Lease, what: &str) -> StoreError {
-    let held: Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(
-        "SELECT fencing_token = $2 AND lease_owner IS NOT NULL AND lease_expires_at > now()
+    let held: Result<Option<(bool, bool)>, sqlx::Error> = sqlx::query_as(
+        "SELECT fencing_token = $2 AND lease_owner IS NOT NULL AND lease_expires_at > now(),
+                EXISTS (SELECT 1 FROM restore_marks WHERE cleared_at IS NULL)
            FROM payouts WHERE id = $1",
     )
     .bind(lease.payout_id)
@@ -307,7 +310,14 @@ async fn why_refused(pool: &PgPool, lease: &Lease, what: &str) -> StoreError {
     .fetch_optional(pool)
     .await;
     match held {
-        Ok(Some(true)) => StoreError::Refused(format!(
+        Ok(Some((true, true))) => match crate::restore::open_mark(pool).await {
+            Ok(Some(mark)) => StoreError::Held(crate::restore::hold_reason(&mark)),
+            Ok(None) => {
+                StoreError::Refused(format!("{what} of payout {} refused: try again", lease.payout_id))
+            }
+            Err(e) => e,
+        },
+        Ok(Some((true, false))) => StoreError::Refused(format!(
             "{what} of payout {} refused: its preconditions do not hold on the database clock",
             lease.payout_id
         )),
