@@ -53,6 +53,8 @@ pub struct Config {
     pub operator: crate::operator_cli::OperatorSettings,
     /// How long destination details and callback bodies are kept.
     pub retention: crate::operator_cli::RetentionSettings,
+    /// The operator console at `/console` (`[console]`).
+    pub console: ConsoleSettings,
 }
 
 impl Default for Config {
@@ -72,7 +74,59 @@ impl Default for Config {
             batches: Default::default(),
             operator: Default::default(),
             retention: Default::default(),
+            console: Default::default(),
         }
+    }
+}
+
+/// The `[console]` section: the operator console served at `/console` by `payoutd serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Serve the console (default on). Signing in needs an operator or batch token either way.
+    pub enabled: bool,
+    /// The console's public base URL (e.g. `https://ops.example/`) when a proxy serves it:
+    /// https makes every session cookie `Secure`, and POSTs from that origin are accepted.
+    pub public_base_url: Option<String>,
+    /// How long a sign-in lasts.
+    pub session_ttl_secs: f64,
+    /// A trace viewer URL with `{trace_id}` in it, linked from each payout's page.
+    pub trace_url: Option<String>,
+    /// Seconds between reloads of the overview and of a running batch's page.
+    pub refresh_secs: u32,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        let c = payoutd_server::console::ConsoleConfig::default();
+        Self {
+            enabled: true,
+            public_base_url: None,
+            session_ttl_secs: c.session_ttl.as_secs_f64(),
+            trace_url: None,
+            refresh_secs: c.refresh_secs,
+        }
+    }
+}
+
+impl Config {
+    /// The console's settings, or `None` when it is switched off.
+    pub fn console(&self) -> Option<payoutd_server::console::ConsoleConfig> {
+        let s = &self.console;
+        if !s.enabled {
+            return None;
+        }
+        let mut c = payoutd_server::console::ConsoleConfig {
+            session_ttl: seconds_setting(s.session_ttl_secs, 60.0, 7.0 * 86_400.0),
+            trace_url: s.trace_url.clone().filter(|u| !u.trim().is_empty()),
+            refresh_secs: s.refresh_secs.clamp(2, 3600),
+            batches: self.batches.api(),
+            ..Default::default()
+        };
+        if let Some(base) = s.public_base_url.as_deref().filter(|b| !b.trim().is_empty()) {
+            c = c.with_public_base(base);
+        }
+        Some(c)
     }
 }
 

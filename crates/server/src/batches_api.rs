@@ -28,6 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use payoutd_core::batch_file::{self, BatchFormat, BatchLimits, BatchRejection, ParseOptions, RowError};
 use payoutd_core::{FieldError, NewPayout};
+use payoutd_store::api_tokens::Caller;
 use payoutd_store::batches::{self, Approval, BatchPayout, Cancellation, CreateBatch, NewBatch};
 use payoutd_store::client_limits::{self, Limit};
 use payoutd_store::reconciliation;
@@ -97,6 +98,32 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// What an upload came to: the answer's status and JSON body. The JSON handler sends it as it
+/// is; the operator console renders the same body (its per-row errors) as a page.
+#[derive(Debug, Clone)]
+pub struct UploadOutcome {
+    pub status: StatusCode,
+    pub body: Value,
+    /// The same reference and content were uploaded before: this is that batch.
+    pub replayed: bool,
+}
+
+impl UploadOutcome {
+    fn new(status: StatusCode, body: Value) -> Self {
+        Self { status, body, replayed: false }
+    }
+}
+
+impl IntoResponse for UploadOutcome {
+    fn into_response(self) -> Response {
+        let mut response = json_response(self.status, self.body);
+        if self.replayed {
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
 fn rejected(
     status: StatusCode,
     error: &str,
@@ -104,8 +131,8 @@ fn rejected(
     errors: &[RowError],
     rows: usize,
     truncated: bool,
-) -> Response {
-    json_response(
+) -> UploadOutcome {
+    UploadOutcome::new(
         status,
         json!({
             "error": error,
@@ -142,15 +169,38 @@ pub async fn upload(
     let caller = auth.require(SCOPE_BATCHES_CREATE)?.clone();
     let max_bytes = settings.limits.max_bytes;
     let Ok(body) = axum::body::to_bytes(body, max_bytes).await else {
-        return Ok(rejected(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!("the file is larger than {max_bytes} bytes ([batches] max_bytes); split it"),
-            &[],
-            0,
-            false,
-        ));
+        return Ok(too_large(max_bytes).into_response());
     };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    Ok(upload_file(&state, &settings, &caller, &query, content_type, body).await?.into_response())
+}
+
+/// The refusal of a file over `[batches] max_bytes`.
+pub fn too_large(max_bytes: usize) -> UploadOutcome {
+    rejected(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "batch_too_large",
+        format!("the file is larger than {max_bytes} bytes ([batches] max_bytes); split it"),
+        &[],
+        0,
+        false,
+    )
+}
+
+/// Validates and stores one uploaded file for `caller` (who must hold `batches.create`): what
+/// `POST /v1/batches` and the console's upload form both do.
+pub async fn upload_file(
+    state: &AppState,
+    settings: &BatchSettings,
+    caller: &Caller,
+    query: &UploadQuery,
+    content_type: Option<&str>,
+    body: axum::body::Bytes,
+) -> Result<UploadOutcome, ApiError> {
+    let max_bytes = settings.limits.max_bytes;
+    if body.len() > max_bytes {
+        return Ok(too_large(max_bytes));
+    }
     if let Some(r) = &query.reference
         && (r.is_empty() || r.chars().count() > MAX_REFERENCE || r.chars().any(char::is_control))
     {
@@ -168,7 +218,7 @@ pub async fn upload(
             format!("unknown provider account {a:?}; configured: {}", names.join(", ")),
         )]));
     }
-    let format = BatchFormat::detect(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), &body);
+    let format = BatchFormat::detect(content_type, &body);
     let limits = settings.limits;
     let default_account = query.account.clone();
     // The client's limits (operator controls), checked row by row with the same pure function
@@ -277,11 +327,11 @@ pub async fn upload(
     let content_hash = content.finalize().to_vec();
     let reference = query.reference.clone().unwrap_or_else(|| format!("sha256:{}", hex(&content_hash)));
     if let Some(existing) = batches::by_reference(&state.pool, &caller.client_id, &reference).await? {
-        return answer_existing(&state, existing, &content_hash).await;
+        return answer_existing(state, existing, &content_hash).await;
     }
-    let preflight = if settings.preflight_balance { preflight(&state, &rows).await } else { Vec::new() };
+    let preflight = if settings.preflight_balance { preflight(state, &rows).await } else { Vec::new() };
     if !query.force.unwrap_or(false) && preflight.iter().any(|p| p["covered"] == json!(false)) {
-        return Ok(json_response(
+        return Ok(UploadOutcome::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({
                 "error": "insufficient_balance",
@@ -312,11 +362,11 @@ pub async fn upload(
             let totals = batches::totals(&state.pool, batch.id).await?;
             let mut body = batches::summary_json(&batch, &totals);
             body["preflight"] = json!(preflight);
-            Ok(json_response(StatusCode::CREATED, body))
+            Ok(UploadOutcome::new(StatusCode::CREATED, body))
         }
-        CreateBatch::Replayed(batch) => replay(&state, &batch).await,
+        CreateBatch::Replayed(batch) => replay(state, &batch).await,
         CreateBatch::ReferenceConflict { existing_id } => Ok(conflict(existing_id)),
-        CreateBatch::OverDailyLimit { currency, max, spent_today, batch_total } => Ok(json_response(
+        CreateBatch::OverDailyLimit { currency, max, spent_today, batch_total } => Ok(UploadOutcome::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({
                 "error": "client_limit",
@@ -359,7 +409,7 @@ async fn answer_existing(
     state: &AppState,
     existing: batches::Batch,
     content_hash: &[u8],
-) -> Result<Response, ApiError> {
+) -> Result<UploadOutcome, ApiError> {
     if existing.content_hash == content_hash {
         replay(state, &existing).await
     } else {
@@ -367,15 +417,13 @@ async fn answer_existing(
     }
 }
 
-async fn replay(state: &AppState, batch: &batches::Batch) -> Result<Response, ApiError> {
+async fn replay(state: &AppState, batch: &batches::Batch) -> Result<UploadOutcome, ApiError> {
     let totals = batches::totals(&state.pool, batch.id).await?;
-    let mut response = json_response(StatusCode::OK, batches::summary_json(batch, &totals));
-    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    Ok(response)
+    Ok(UploadOutcome { status: StatusCode::OK, body: batches::summary_json(batch, &totals), replayed: true })
 }
 
-fn conflict(existing_id: Uuid) -> Response {
-    json_response(
+fn conflict(existing_id: Uuid) -> UploadOutcome {
+    UploadOutcome::new(
         StatusCode::CONFLICT,
         json!({
             "error": "batch_reference_conflict",
@@ -447,14 +495,18 @@ pub async fn list(
 
 /// The batch if the caller may read it: its own (`batches.read`), or any (`batches.approve`).
 async fn readable(state: &AppState, auth: &Authenticated, id: &str) -> Result<batches::Batch, ApiError> {
-    let caller = &auth.0;
+    readable_by(state, &auth.0, id).await
+}
+
+/// The batch `id` if `caller` may read it: its own (`batches.read`), or any
+/// (`batches.approve`). Another client's batch is indistinguishable from none.
+pub async fn readable_by(state: &AppState, caller: &Caller, id: &str) -> Result<batches::Batch, ApiError> {
     let approver = caller.has_scope(SCOPE_BATCHES_APPROVE);
-    if !approver {
-        auth.require(SCOPE_BATCHES_READ)?;
+    if !approver && !caller.has_scope(SCOPE_BATCHES_READ) {
+        return Err(ApiError::Forbidden(SCOPE_BATCHES_READ));
     }
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
     let batch = batches::get(&state.pool, id).await?.ok_or(ApiError::NotFound)?;
-    // Another client's batch is indistinguishable from none.
     if batch.client_id != caller.client_id && !approver {
         return Err(ApiError::NotFound);
     }
@@ -469,6 +521,29 @@ pub async fn show(
     let batch = readable(&state, &auth, &id).await?;
     let totals = batches::totals(&state.pool, batch.id).await?;
     Ok(json_response(StatusCode::OK, batches::summary_json(&batch, &totals)))
+}
+
+/// The batch's report as CSV, one line per row in file order.
+pub async fn report_csv(state: &AppState, id: Uuid) -> Result<String, ApiError> {
+    let lines = batches::report(&state.pool, id).await?;
+    Ok(batch_file::write_csv(
+        REPORT_HEADER,
+        lines.into_iter().map(|l| {
+            let fin =
+                l.state.parse::<payoutd_core::PayoutState>().is_ok_and(payoutd_core::PayoutState::is_final);
+            vec![
+                l.row.to_string(),
+                l.external_id,
+                l.state,
+                fin.to_string(),
+                l.account,
+                l.amount.to_string(),
+                l.currency,
+                l.provider_reference.unwrap_or_default(),
+                l.error.unwrap_or_default(),
+            ]
+        }),
+    ))
 }
 
 /// The report's columns.
@@ -486,25 +561,7 @@ pub async fn report(
     if batch.client_id != caller.client_id {
         return Err(ApiError::NotFound);
     }
-    let lines = batches::report(&state.pool, id).await?;
-    let csv = batch_file::write_csv(
-        REPORT_HEADER,
-        lines.into_iter().map(|l| {
-            let fin =
-                l.state.parse::<payoutd_core::PayoutState>().is_ok_and(payoutd_core::PayoutState::is_final);
-            vec![
-                l.row.to_string(),
-                l.external_id,
-                l.state,
-                fin.to_string(),
-                l.account,
-                l.amount.to_string(),
-                l.currency,
-                l.provider_reference.unwrap_or_default(),
-                l.error.unwrap_or_default(),
-            ]
-        }),
-    );
+    let csv = report_csv(&state, id).await?;
     let disposition = format!("attachment; filename=\"batch-{id}-report.csv\"");
     let mut response =
         (StatusCode::OK, [(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();

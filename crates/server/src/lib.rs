@@ -23,6 +23,7 @@ pub mod admin;
 pub mod auth;
 pub mod batches_api;
 pub mod callbacks_api;
+pub mod console;
 pub mod error;
 pub mod health;
 pub mod operator_api;

@@ -252,15 +252,15 @@ async fn payout_answer(state: &AppState, id: Uuid, status: StatusCode) -> Answer
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    state: Option<String>,
-    account: Option<String>,
-    client: Option<String>,
-    external_id: Option<String>,
-    created_from: Option<String>,
-    created_to: Option<String>,
-    batch: Option<String>,
-    cursor: Option<String>,
-    limit: Option<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) account: Option<String>,
+    pub(crate) client: Option<String>,
+    pub(crate) external_id: Option<String>,
+    pub(crate) created_from: Option<String>,
+    pub(crate) created_to: Option<String>,
+    pub(crate) batch: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<String>,
 }
 
 fn time_field(field: &str, text: Option<&str>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
@@ -291,7 +291,7 @@ fn states_field(text: &str, errors: &mut Vec<FieldError>) -> Vec<PayoutState> {
     states
 }
 
-fn filter_of(q: &ListQuery, errors: &mut Vec<FieldError>) -> PayoutFilter {
+pub(crate) fn filter_of(q: &ListQuery, errors: &mut Vec<FieldError>) -> PayoutFilter {
     let nonempty =
         |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
     PayoutFilter {
@@ -384,7 +384,7 @@ struct ResolveBody {
     reason: Option<String>,
 }
 
-fn resolve_to(text: Option<&str>) -> Result<ResolveTo, FieldError> {
+pub(crate) fn resolve_to(text: Option<&str>) -> Result<ResolveTo, FieldError> {
     match text {
         Some("paid") => Ok(ResolveTo::Paid),
         Some("failed") => Ok(ResolveTo::Failed),
