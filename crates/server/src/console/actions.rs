@@ -162,7 +162,7 @@ async fn confirm_page(
         state = html::state_badge(p.row.state.as_str()),
         amount = jv(&v["amount"]),
         currency = jv(&v["currency"]),
-        account = jv(&v["account"]),
+        account = jv(&v["provider"]),
         dest = jv(&v["destination"]["client"]),
         explain = esc(action.explain(p.row.state)),
         csrf = html::csrf_field(signed),

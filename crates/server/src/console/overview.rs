@@ -33,7 +33,7 @@ pub async fn page(State(state): State<AppState>, signed: Signed) -> Result<Respo
     let mut by_account: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
     let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
     for c in &figures.by_state {
-        *by_account.entry(c.account.as_str()).or_default().entry(c.state.as_str()).or_default() += c.payouts;
+        *by_account.entry(c.provider.as_str()).or_default().entry(c.state.as_str()).or_default() += c.payouts;
         *totals.entry(c.state.as_str()).or_default() += c.payouts;
     }
     let count = |s: PayoutState| totals.get(s.as_str()).copied().unwrap_or(0);

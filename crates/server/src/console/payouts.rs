@@ -137,7 +137,7 @@ pub fn payout_row(v: &Value) -> String {
         html::json_time(&v["created_at"]),
         jv(&v["external_id"]),
         jv(&v["client_id"]),
-        jv(&v["account"]),
+        jv(&v["provider"]),
         html::state_badge(&text(&v["state"])),
         jv(&v["amount"]),
         jv(&v["currency"]),
@@ -195,7 +195,7 @@ pub async fn list(
         let _ = write!(body, r#"<a href="/console/payouts?{}">First page</a> "#, esc(&qs));
     }
     if let Some(next) = next {
-        let sep = if qs.is_empty() { "" } else { "&" };
+        let sep = if qs.is_empty() { "" } else { "&amp;" };
         let _ = write!(
             body,
             r#"<a href="/console/payouts?{}{sep}cursor={}" id="next-page" rel="next">Next page</a>"#,
@@ -260,8 +260,8 @@ pub async fn show(
         ("client", jv(&v["client_id"])),
         ("state", html::state_badge(&text(&v["state"]))),
         ("amount", format!("{} {}", jv(&v["amount"]), jv(&v["currency"]))),
-        ("account", jv(&v["account"])),
-        ("provider", jv(&v["provider"])),
+        ("account", jv(&v["provider"])),
+        ("provider account", jv(&v["account"])),
         ("provider reference", jv(&v["provider_reference"])),
         ("provider payout id", jv(&v["provider_payout_id"])),
         (

@@ -57,7 +57,7 @@ pub async fn page(
                 html::json_time(&v["parked_at"]),
                 jv(&v["external_id"]),
                 jv(&v["client_id"]),
-                jv(&v["account"]),
+                jv(&v["provider"]),
                 jv(&v["amount"]),
                 jv(&v["currency"]),
                 esc(reasons.get(&p.row.id).map(String::as_str).unwrap_or("")),

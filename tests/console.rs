@@ -1,0 +1,705 @@
+//! Issue 11: the operator console. Every test runs the real API with the console and operator
+//! routes merged in exactly as `payoutd serve` does, on a fresh database, with the real engine
+//! and the 8B partner sandbox.
+//!
+//! - `http_*` tests speak HTTP to the console like a browser would (cookies by hand, redirects
+//!   not followed): sign-in, cookie flags, CSRF and origin refusals, scopes, headers, escaping.
+//! - `browser_*` tests drive headless Chromium through chromedriver ([`payoutd_tests::webdriver`])
+//!   and write a screenshot of each page to `<cargo target dir>/console-screenshots/`. Without
+//!   chromedriver they fail, saying how to install it (`.ci/install-browser.sh`).
+
+use std::time::{Duration, Instant};
+
+use payoutd_core::PayoutState;
+use payoutd_server::batches_api::BatchSettings;
+use payoutd_server::console::{self, CONTENT_SECURITY_POLICY, ConsoleConfig};
+use payoutd_server::operator_api::{self, OperatorApi};
+use payoutd_server::{AppState, HttpLimits};
+use payoutd_tests::webdriver::Browser;
+use payoutd_tests::{AppOptions, TestApp, payout_body};
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, HeaderMap, LOCATION, SET_COOKIE};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const OPERATOR: &str = "operator:ops-team/alice";
+const CSV_HEADER: &str = "external_id,account,amount,currency,phone,client,destination,receiver_name\n";
+
+/// A test app serving the console, with tokens of every kind the tests need.
+struct Console {
+    app: TestApp,
+    base: String,
+    stop: CancellationToken,
+    /// ops-team/alice: operator.read, operator.act, batches.create, batches.read.
+    operator: String,
+    /// ops-team/bob: operator.read only.
+    reader: String,
+    /// client-a/backend: payouts.create, payouts.read (no console scope).
+    client: String,
+    /// A client that does not follow redirects, so tests see every 303 and Set-Cookie.
+    http: reqwest::Client,
+}
+
+impl Console {
+    async fn start(options: AppOptions) -> Console {
+        Self::start_with(options, ConsoleConfig { refresh_secs: 2, ..ConsoleConfig::default() }).await
+    }
+
+    async fn start_with(options: AppOptions, mut config: ConsoleConfig) -> Console {
+        let app = TestApp::spawn(options).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut limits = HttpLimits::default();
+        limits.batches = BatchSettings { preflight_balance: false, ..BatchSettings::default() };
+        config.batches = limits.batches.clone();
+        let state = AppState { pool: app.db.pool.clone(), connectors: app.connectors.clone() };
+        // As crates/payoutd/src/app.rs merges them.
+        let extra =
+            operator_api::routes(OperatorApi::default(), &limits).merge(console::routes(config, &limits));
+        let router = payoutd_server::router_with_extra(state, &limits, extra);
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let _ = payoutd_server::serve_router(listener, router, async move { s.cancelled().await }).await;
+        });
+        let operator = token(
+            &app,
+            "ops-team",
+            "alice",
+            &["operator.read", "operator.act", "batches.create", "batches.read"],
+        )
+        .await;
+        let reader = token(&app, "ops-team", "bob", &["operator.read"]).await;
+        let client = token(&app, "client-a", "backend", &["payouts.create", "payouts.read"]).await;
+        let http =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        Console { app, base, stop, operator, reader, client, http }
+    }
+
+    fn pool(&self) -> &payoutd_store::PgPool {
+        &self.app.db.pool
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn enqueue(&self, external_id: &str) -> Uuid {
+        self.app.enqueue(&self.client, &payout_body(external_id, "150000", "IDR")).await
+    }
+
+    /// Signs in over HTTP as a browser would; the session's cookie and CSRF token.
+    async fn sign_in(&self, token: &str) -> Session {
+        let r = self.http.get(self.url("/console/sign-in")).send().await.expect("sign-in form");
+        assert_eq!(r.status(), StatusCode::OK);
+        let pre = set_cookie(r.headers(), "payoutd_console_signin").expect("the sign-in form's cookie");
+        let form_token = csrf_in(&r.text().await.expect("html"));
+        let r = self
+            .http
+            .post(self.url("/console/sign-in"))
+            .header(COOKIE, format!("payoutd_console_signin={}", pre.value))
+            .form(&[("token", token), ("csrf", form_token.as_str())])
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "sign-in answers a redirect");
+        let cookie = set_cookie(r.headers(), "payoutd_console").expect("a session cookie");
+        let r = self.get_with(&cookie.value, "/console/sign-in").await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed in, the sign-in page sends you on");
+        let html = self.get_with(&cookie.value, "/console/payouts").await.text().await.expect("html");
+        let csrf = if html.contains("name=\"csrf\"") {
+            csrf_in(&html)
+        } else {
+            csrf_in(&self.get_with(&cookie.value, "/console/batches").await.text().await.expect("html"))
+        };
+        Session { cookie: cookie.value, raw_cookie: cookie.raw, csrf }
+    }
+
+    async fn get_with(&self, cookie: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header(COOKIE, format!("payoutd_console={cookie}"))
+            .send()
+            .await
+            .expect("get")
+    }
+
+    async fn post_with(&self, cookie: &str, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header(COOKIE, format!("payoutd_console={cookie}"))
+            .form(form)
+            .send()
+            .await
+            .expect("post")
+    }
+
+    async fn shutdown(self) {
+        self.stop.cancel();
+        self.app.shutdown().await;
+    }
+}
+
+struct Session {
+    cookie: String,
+    raw_cookie: String,
+    csrf: String,
+}
+
+struct Cookie {
+    value: String,
+    raw: String,
+}
+
+fn set_cookie(headers: &HeaderMap, name: &str) -> Option<Cookie> {
+    headers.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|raw| {
+        let (k, rest) = raw.split_once('=')?;
+        (k == name)
+            .then(|| Cookie { value: rest.split(';').next().unwrap_or("").to_owned(), raw: raw.to_owned() })
+    })
+}
+
+/// The CSRF token of the first form on a page.
+fn csrf_in(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let at = html.find(marker).unwrap_or_else(|| panic!("no CSRF field in {html}")) + marker.len();
+    html[at..].split('"').next().unwrap_or_default().to_owned()
+}
+
+async fn token(app: &TestApp, client: &str, label: &str, scopes: &[&str]) -> String {
+    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    payoutd_store::api_tokens::create(&app.db.pool, client, label, &scopes, None)
+        .await
+        .expect("token")
+        .token
+        .expose()
+        .to_owned()
+}
+
+/// Parks a payout in needs_review as the engine leaves one whose outcome stayed unknown: the
+/// state, an intent, no next run, and the event that says why (a factory, as in tests/operator.rs).
+async fn park(c: &Console, id: Uuid, why: &str) {
+    let mut tx = c.pool().begin().await.expect("tx");
+    let from: String = sqlx::query_scalar(
+        "UPDATE payouts p SET state = 'needs_review', next_run_at = NULL, parked_at = now(), finalized_at = NULL,
+                provider_reference = COALESCE(provider_reference, 'PO' || lpad(nextval('provider_reference_seq')::text, 18, '0')),
+                fencing_token = fencing_token + 1, lease_owner = NULL, lease_expires_at = NULL
+           FROM (SELECT id, state::text AS old FROM payouts WHERE id = $1 FOR UPDATE) o
+          WHERE p.id = o.id RETURNING o.old",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("park");
+    sqlx::query(
+        "INSERT INTO payout_events (payout_id, from_state, to_state, actor, reason)
+         VALUES ($1, $2::text::payout_state, 'needs_review', 'engine:test', $3)",
+    )
+    .bind(id)
+    .bind(from)
+    .bind(why)
+    .execute(&mut *tx)
+    .await
+    .expect("event");
+    tx.commit().await.expect("commit");
+}
+
+/// Enqueues `n` payouts, lets the engine pay them, parks the first one; its id.
+async fn paid_payouts_and_one_parked(c: &Console, n: usize) -> (Vec<Uuid>, Uuid) {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(c.enqueue(&format!("console-{i}")).await);
+    }
+    c.app.wait_all_final(Duration::from_secs(30)).await;
+    let parked = ids[0];
+    park(c, parked, "outcome unknown after 8 status queries; needs a person").await;
+    (ids, parked)
+}
+
+async fn last_event(c: &Console, id: Uuid) -> payoutd_store::payouts::Event {
+    payoutd_store::payouts::timeline(c.pool(), id).await.expect("timeline").pop().expect("an event")
+}
+
+fn screenshots() -> std::path::PathBuf {
+    let (target, _) = payoutd_tests::binary::target_and_profile();
+    target.join("console-screenshots")
+}
+
+// ---- HTTP-level ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http_sign_in_gives_an_http_only_strict_cookie_and_postgres_keeps_only_its_hash() {
+    let c = Console::start(AppOptions { workers: 0, ..AppOptions::default() }).await;
+    let r = c.http.get(c.url("/console")).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "not signed in: to the sign-in page");
+    assert_eq!(r.headers()[LOCATION], "/console/sign-in");
+
+    let s = c.sign_in(&c.operator).await;
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(s.raw_cookie.contains(flag), "{flag} missing: {}", s.raw_cookie);
+    }
+    assert!(!s.raw_cookie.contains("Secure"), "plain HTTP on loopback: no Secure flag: {}", s.raw_cookie);
+    assert!(!s.raw_cookie.contains(&c.operator) && !s.cookie.contains("pyd_"), "the cookie is not the token");
+
+    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as("SELECT id_hash, csrf_token FROM console_sessions")
+        .fetch_all(c.pool())
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, Sha256::digest(s.cookie.as_bytes()).to_vec(), "only the id's SHA-256 is stored");
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM console_sessions t")
+        .fetch_one(c.pool())
+        .await
+        .expect("dump");
+    assert!(
+        !dump.contains(&s.cookie) && !dump.contains(&c.operator),
+        "neither session id nor token in clear"
+    );
+
+    // Behind a TLS-terminating proxy the cookie is Secure.
+    let r =
+        c.http.get(c.url("/console/sign-in")).header("x-forwarded-proto", "https").send().await.expect("get");
+    let pre = set_cookie(r.headers(), "payoutd_console_signin").expect("cookie");
+    assert!(pre.raw.contains("; Secure"), "{}", pre.raw);
+    c.shutdown().await;
+
+    // A configured https public base makes every cookie Secure.
+    let c = Console::start_with(
+        AppOptions { workers: 0, ..AppOptions::default() },
+        ConsoleConfig::default().with_public_base("https://ops.example/console"),
+    )
+    .await;
+    let r = c.http.get(c.url("/console/sign-in")).send().await.expect("get");
+    assert!(set_cookie(r.headers(), "payoutd_console_signin").expect("cookie").raw.contains("; Secure"));
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_every_console_answer_carries_a_strict_csp_and_no_framing() {
+    let c = Console::start(AppOptions { workers: 0, ..AppOptions::default() }).await;
+    let s = c.sign_in(&c.operator).await;
+    for path in [
+        "/console/sign-in",
+        "/console",
+        "/console/payouts",
+        "/console/review",
+        "/console/batches",
+        "/console/payouts/not-a-uuid",
+    ] {
+        let r = c.get_with(&s.cookie, path).await;
+        let h = r.headers();
+        assert_eq!(h["content-security-policy"], CONTENT_SECURITY_POLICY, "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        let body = r.text().await.expect("body");
+        assert!(!body.contains("<script>") && !body.contains(" style="), "{path}: no inline script or style");
+    }
+    let csp = CONTENT_SECURITY_POLICY;
+    assert!(
+        csp.contains("script-src 'self'")
+            && csp.contains("frame-ancestors 'none'")
+            && !csp.contains("unsafe")
+    );
+    let js = c.get_with(&s.cookie, "/console/assets/console.js").await;
+    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_a_post_without_or_with_a_wrong_csrf_token_or_from_another_site_is_refused() {
+    let c = Console::start(AppOptions::default()).await;
+    let (_, parked) = paid_payouts_and_one_parked(&c, 1).await;
+    let s = c.sign_in(&c.operator).await;
+    let path = format!("/console/payouts/{parked}/act");
+    let reason = "checked with the bank";
+    let base = [("action", "resolve_paid"), ("reason", reason)];
+
+    let r = c.post_with(&s.cookie, &path, &base).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let wrong = [("action", "resolve_paid"), ("reason", reason), ("csrf", "0123abcd")];
+    assert_eq!(c.post_with(&s.cookie, &path, &wrong).await.status(), StatusCode::FORBIDDEN, "wrong token");
+    let other = c.sign_in(&c.reader).await;
+    let others = [("action", "resolve_paid"), ("reason", reason), ("csrf", other.csrf.as_str())];
+    assert_eq!(
+        c.post_with(&s.cookie, &path, &others).await.status(),
+        StatusCode::FORBIDDEN,
+        "another session's token"
+    );
+
+    let good = [("action", "resolve_paid"), ("reason", reason), ("csrf", s.csrf.as_str())];
+    let r = c
+        .http
+        .post(c.url(&path))
+        .header(COOKIE, format!("payoutd_console={}", s.cookie))
+        .header("origin", "http://evil.example")
+        .form(&good)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "another origin, even with the right token");
+    assert_eq!(c.app.state(parked).await, PayoutState::NeedsReview, "nothing was done");
+
+    // Sign-in itself: a form without the token of its own cookie (login CSRF) is refused.
+    let r = c
+        .http
+        .post(c.url("/console/sign-in"))
+        .form(&[("token", c.operator.as_str()), ("csrf", "x")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(r.headers(), "payoutd_console").is_none());
+
+    // The same request with the token goes through, with the operator's identity.
+    let r = c.post_with(&s.cookie, &path, &good).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(c.app.state(parked).await, PayoutState::Paid);
+    let resolved = payoutd_store::payouts::timeline(c.pool(), parked).await.expect("timeline");
+    assert!(resolved.iter().any(|e| e.actor == OPERATOR && e.reason.contains(reason)), "{resolved:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_scopes_decide_what_a_session_sees_and_may_do() {
+    let c = Console::start(AppOptions::default()).await;
+    let (_, parked) = paid_payouts_and_one_parked(&c, 1).await;
+
+    // A read-only operator sees the payout, no action, and is refused anyway.
+    let ro = c.sign_in(&c.reader).await;
+    let page =
+        c.get_with(&ro.cookie, &format!("/console/payouts/{parked}")).await.text().await.expect("html");
+    assert!(page.contains("id=\"read-only\"") && !page.contains("confirm?action="), "no action links");
+    let review = c.get_with(&ro.cookie, "/console/review").await.text().await.expect("html");
+    assert!(!review.contains("confirm?action="));
+    let r = c.get_with(&ro.cookie, &format!("/console/payouts/{parked}/confirm?action=resolve_paid")).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let forged = [("action", "resolve_paid"), ("reason", "forged"), ("csrf", ro.csrf.as_str())];
+    let r = c.post_with(&ro.cookie, &format!("/console/payouts/{parked}/act"), &forged).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.expect("html").contains("operator.act"));
+    assert_eq!(c.app.state(parked).await, PayoutState::NeedsReview);
+    let r = c.post_with(&ro.cookie, "/console/batches", &[("csv", "x"), ("csrf", ro.csrf.as_str())]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no batches.create");
+
+    // A client token has no console scope: it cannot sign in.
+    let r = c.http.get(c.url("/console/sign-in")).send().await.expect("form");
+    let pre = set_cookie(r.headers(), "payoutd_console_signin").expect("cookie");
+    let form_token = csrf_in(&r.text().await.expect("html"));
+    let r = c
+        .http
+        .post(c.url("/console/sign-in"))
+        .header(COOKIE, format!("payoutd_console_signin={}", pre.value))
+        .form(&[("token", c.client.as_str()), ("csrf", form_token.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(r.headers(), "payoutd_console").is_none());
+    // An unknown token neither signs in nor shows up in the answer.
+    let r = c
+        .http
+        .post(c.url("/console/sign-in"))
+        .header(COOKIE, format!("payoutd_console_signin={}", pre.value))
+        .form(&[("token", "pyd_not-a-token-4242"), ("csrf", form_token.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(!r.text().await.expect("html").contains("not-a-token-4242"));
+
+    // Revoking the token ends its sessions; signing out ends one at once.
+    let ops = c.sign_in(&c.operator).await;
+    assert_eq!(c.get_with(&ro.cookie, "/console/payouts").await.status(), StatusCode::OK);
+    let token_id: Uuid = sqlx::query_scalar("SELECT id FROM api_tokens WHERE label = 'bob'")
+        .fetch_one(c.pool())
+        .await
+        .expect("id");
+    payoutd_store::api_tokens::revoke(c.pool(), token_id).await.expect("revoke");
+    assert_eq!(
+        c.get_with(&ro.cookie, "/console/payouts").await.status(),
+        StatusCode::SEE_OTHER,
+        "revoked: signed out"
+    );
+    let r = c.post_with(&ops.cookie, "/console/sign-out", &[("csrf", ops.csrf.as_str())]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(set_cookie(r.headers(), "payoutd_console").expect("cleared").raw.contains("Max-Age=0"));
+    assert_eq!(
+        c.get_with(&ops.cookie, "/console/payouts").await.status(),
+        StatusCode::SEE_OTHER,
+        "the old cookie is dead"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_pages_escape_what_they_show_and_mask_account_numbers_as_the_api_does() {
+    let c = Console::start(AppOptions { workers: 0, ..AppOptions::default() }).await;
+    let mut body = payout_body("escape-1", "150000", "IDR");
+    body["destination"]["receiver_name"] = serde_json::json!("<script>alert('x')</script> & \"Budi\"");
+    let id = c.app.enqueue(&c.client, &body).await;
+    let s = c.sign_in(&c.operator).await;
+    for path in [format!("/console/payouts/{id}"), "/console/payouts".to_owned()] {
+        let html = c.get_with(&s.cookie, &path).await.text().await.expect("html");
+        assert!(!html.contains("<script>alert"), "{path}: raw markup from data");
+        assert!(!html.contains("1234567890"), "{path}: the full account number");
+        assert!(html.contains("******7890"), "{path}: masked as the API masks it");
+    }
+    let html = c.get_with(&s.cookie, &format!("/console/payouts/{id}")).await.text().await.expect("html");
+    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;Budi&quot;"));
+    let api: serde_json::Value = c
+        .app
+        .http
+        .get(c.url(&format!("/v1/operator/payouts/{id}")))
+        .bearer_auth(&c.operator)
+        .send()
+        .await
+        .expect("api")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(api["payout"]["destination"]["client"], "******7890");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_the_list_filters_and_pages_with_a_cursor() {
+    let c = Console::start(AppOptions { workers: 0, ..AppOptions::default() }).await;
+    for i in 0..55 {
+        c.enqueue(&format!("page-{i:02}")).await;
+    }
+    let s = c.sign_in(&c.reader).await;
+    let first = c.get_with(&s.cookie, "/console/payouts?state=pending").await.text().await.expect("html");
+    assert_eq!(first.matches("<tr data-payout=").count(), 50);
+    let marker = "id=\"next-page\"";
+    assert!(first.contains(marker));
+    let href_at = first.find("href=\"/console/payouts?state=pending&amp;cursor=").expect("next link") + 6;
+    let href = first[href_at..].split('"').next().expect("href").replace("&amp;", "&");
+    let second = c.get_with(&s.cookie, &href).await.text().await.expect("html");
+    assert_eq!(second.matches("<tr data-payout=").count(), 5);
+    assert!(!second.contains(marker));
+    let one = c.get_with(&s.cookie, "/console/payouts?external_id=page-07").await.text().await.expect("html");
+    assert_eq!(one.matches("<tr data-payout=").count(), 1);
+    let none = c.get_with(&s.cookie, "/console/payouts?state=paid").await.text().await.expect("html");
+    assert_eq!(none.matches("<tr data-payout=").count(), 0);
+    let r = c.get_with(&s.cookie, "/console/payouts?state=bogus&created_from=yesterday").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = r.text().await.expect("html");
+    assert!(text.contains("state: unknown state") && text.contains("created_from"), "names each bad field");
+    c.shutdown().await;
+}
+
+// ---- in a browser -------------------------------------------------------------------------
+
+async fn browser_sign_in(b: &Browser, c: &Console, token: &str) {
+    b.goto(&c.url("/console")).await;
+    let field = b.find("#token").await;
+    b.type_into(&field, token).await;
+    b.click(&b.find("#sign-in").await).await;
+    b.find("header nav").await;
+}
+
+#[tokio::test]
+async fn browser_signs_in_sees_the_overview_filters_the_list_and_opens_a_timeline() {
+    let c = Console::start(AppOptions::default()).await;
+    let (_, parked) = paid_payouts_and_one_parked(&c, 6).await;
+    let b = Browser::start(&screenshots()).await;
+    b.goto(&c.url("/console")).await;
+    assert!(b.current_url().await.ends_with("/console/sign-in"), "the console asks to sign in first");
+    b.screenshot("01-sign-in").await;
+
+    browser_sign_in(&b, &c, &c.operator).await;
+    assert_eq!(b.text_of("h1").await, "Overview");
+    assert!(b.text_of("#needs-review-count").await.starts_with('1'), "one payout waits for review");
+    assert!(b.text_of("#by-account").await.contains("8b_partner"));
+    b.screenshot("02-overview").await;
+
+    b.click(&b.find("header nav a[href='/console/payouts']").await).await;
+    b.find("#payouts").await;
+    assert_eq!(b.count("#payouts tbody tr").await, 6);
+    b.screenshot("03-payouts").await;
+
+    b.click(&b.find("#filter-state option[value='needs_review']").await).await;
+    b.click(&b.find("#apply-filters").await).await;
+    b.wait_for_text("#payouts", "needs_review", Duration::from_secs(10)).await;
+    assert!(b.current_url().await.contains("state=needs_review"));
+    assert_eq!(b.count("#payouts tbody tr").await, 1);
+    b.screenshot("04-payouts-filtered").await;
+
+    b.click(&b.find(&format!("#payouts a[href='/console/payouts/{parked}']")).await).await;
+    let timeline = b.text_of("#timeline").await;
+    assert!(timeline.contains("outcome unknown after 8 status queries"), "{timeline}");
+    assert!(timeline.contains("paid") && timeline.contains("engine:test"), "{timeline}");
+    let facts = b.text_of("#payout-facts").await;
+    assert!(facts.contains("******7890") && !facts.contains("1234567890"), "{facts}");
+    b.screenshot("05-payout-timeline").await;
+    b.quit().await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn browser_resolves_a_needs_review_payout_with_a_reason_and_sees_the_event() {
+    let c = Console::start(AppOptions::default()).await;
+    let (_, parked) = paid_payouts_and_one_parked(&c, 2).await;
+    let b = Browser::start(&screenshots()).await;
+    browser_sign_in(&b, &c, &c.operator).await;
+
+    b.goto(&c.url("/console/review")).await;
+    let review = b.text_of("#review").await;
+    assert!(review.contains("outcome unknown after 8 status queries"), "why it is there: {review}");
+    b.screenshot("06-review-queue").await;
+
+    b.click(
+        &b.find(&format!("#review a[href='/console/payouts/{parked}/confirm?action=resolve_paid']")).await,
+    )
+    .await;
+    assert!(b.text_of("#explain").await.contains("becomes final: paid"));
+    let reason = "bank statement of 2026-11-22 shows the transfer";
+    b.type_into(&b.find("#reason").await, reason).await;
+    b.screenshot("07-confirm-resolve").await;
+    b.click(&b.find("#confirm").await).await;
+
+    b.wait_for_text(".notice", "Resolved as paid", Duration::from_secs(10)).await;
+    let timeline = b.text_of("#timeline").await;
+    assert!(timeline.contains(reason) && timeline.contains(OPERATOR), "{timeline}");
+    b.screenshot("08-resolved").await;
+    assert_eq!(c.app.state(parked).await, PayoutState::Paid);
+    let event = last_event(&c, parked).await;
+    assert_eq!(event.actor, OPERATOR);
+    assert_eq!(event.to_state, "paid");
+
+    // The state forbids it now: refused with the server's reason, nothing written.
+    let before = payoutd_store::payouts::timeline(c.pool(), parked).await.expect("timeline").len();
+    b.goto(&c.url(&format!("/console/payouts/{parked}/confirm?action=resolve_failed"))).await;
+    b.type_into(&b.find("#reason").await, "second thoughts").await;
+    b.click(&b.find("#confirm").await).await;
+    let refusal = b.wait_for_text(".notice.error", "Refused by the server", Duration::from_secs(10)).await;
+    assert!(refusal.contains("only needs_review can be resolved"), "{refusal}");
+    b.screenshot("09-refused").await;
+    assert_eq!(payoutd_store::payouts::timeline(c.pool(), parked).await.expect("timeline").len(), before);
+    assert_eq!(c.app.state(parked).await, PayoutState::Paid);
+    b.quit().await;
+    c.shutdown().await;
+}
+
+fn csv_line(external_id: &str, amount: &str) -> String {
+    format!("{external_id},8b_partner,{amount},IDR,622851280,1234567890,bank_transfer,Budi Santoso\n")
+}
+
+#[tokio::test]
+async fn browser_uploads_a_csv_with_a_bad_row_then_a_good_one_and_watches_it_finish() {
+    let c = Console::start(AppOptions::default()).await;
+    let b = Browser::start(&screenshots()).await;
+    browser_sign_in(&b, &c, &c.operator).await;
+    b.click(&b.find("header nav a[href='/console/batches']").await).await;
+    b.find("#upload-form").await;
+    b.screenshot("10-batches").await;
+
+    // One bad row (row 2): typed into the text area; nothing is stored.
+    let bad = format!(
+        "{CSV_HEADER}{}{}{}",
+        csv_line("bad-1", "10000"),
+        csv_line("bad-2", "ten"),
+        csv_line("bad-3", "10000")
+    );
+    b.type_into(&b.find("#csv").await, &bad).await;
+    b.click(&b.find("#upload").await).await;
+    let errors = b.text_of("#row-errors").await;
+    assert!(errors.contains("bad-2") && errors.contains("amount"), "{errors}");
+    assert_eq!(b.count("#row-errors tbody tr").await, 1, "only the bad row: {errors}");
+    assert!(b.find_now("#row-errors tr[data-row='2']").await.is_some());
+    b.screenshot("11-batch-row-error").await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM batches").fetch_one(c.pool()).await.expect("count");
+    assert_eq!(stored, 0);
+    assert!(!b.source().await.contains("1234567890"), "the uploaded file is not shown back");
+
+    // A good file, picked with the file input (the script reads it into the form).
+    let mut good = String::from(CSV_HEADER);
+    for i in 1..=5 {
+        good.push_str(&csv_line(&format!("good-{i}"), "10000"));
+    }
+    let file = std::env::temp_dir().join(format!("console-batch-{}.csv", Uuid::new_v4().simple()));
+    std::fs::write(&file, &good).expect("write file");
+    b.type_into(&b.find("#file").await, &file.to_string_lossy()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.property(&b.find("#csv").await, "value").await.as_str().unwrap_or_default() != good {
+        assert!(Instant::now() < deadline, "the script did not load the file into the form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b.text_of("#file-status").await.contains("loaded"));
+    let _ = std::fs::remove_file(&file);
+    b.type_into(&b.find("#reference").await, "payroll-2026-11").await;
+    b.click(&b.find("#upload").await).await;
+    b.wait_for_text(".notice", "Uploaded", Duration::from_secs(10)).await;
+    b.screenshot("12-batch-uploaded").await;
+    // The page reloads itself until every payout is final.
+    b.wait_for_text("#batch-state", "completed", Duration::from_secs(60)).await;
+    assert_eq!(b.text_of("#batch-final").await, "5 of 5");
+    b.screenshot("13-batch-completed").await;
+
+    // The report, with the session's cookie as the browser holds it.
+    let session =
+        b.cookies().await.into_iter().find(|c| c["name"] == "payoutd_console").expect("session cookie");
+    assert_eq!(session["httpOnly"], true);
+    assert_eq!(session["sameSite"], "Strict");
+    let href = b.find("#report").await;
+    let href = b.property(&href, "href").await.as_str().unwrap_or_default().to_owned();
+    let report = c
+        .http
+        .get(&href)
+        .header(COOKIE, format!("payoutd_console={}", session["value"].as_str().unwrap_or_default()))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(report.status(), StatusCode::OK);
+    let report = report.text().await.expect("csv");
+    assert_eq!(report.lines().filter(|l| l.contains(",paid,true,")).count(), 5, "{report}");
+    b.quit().await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn browser_read_only_operator_sees_no_actions_and_forged_or_csrf_less_posts_are_refused() {
+    let c = Console::start(AppOptions::default()).await;
+    let (_, parked) = paid_payouts_and_one_parked(&c, 1).await;
+    let b = Browser::start(&screenshots()).await;
+    browser_sign_in(&b, &c, &c.reader).await;
+    b.goto(&c.url(&format!("/console/payouts/{parked}"))).await;
+    b.find("#read-only").await;
+    assert_eq!(b.count("a[href*='confirm?action=']").await, 0, "no action buttons");
+    assert!(
+        b.find_now("header nav a[href='/console/batches']").await.is_none(),
+        "no batch scope: no Batches page"
+    );
+    b.screenshot("14-read-only-payout").await;
+    b.goto(&c.url("/console/review")).await;
+    assert_eq!(b.count("#review a.button").await, 0);
+
+    // A forged POST with this browser's session cookie and its valid CSRF token: the scope
+    // is missing, so the server refuses it.
+    let cookie = b.cookies().await.into_iter().find(|c| c["name"] == "payoutd_console").expect("cookie");
+    let cookie = cookie["value"].as_str().unwrap_or_default().to_owned();
+    let csrf = csrf_in(&b.source().await);
+    let path = format!("/console/payouts/{parked}/act");
+    let forged = [("action", "resolve_failed"), ("reason", "forged"), ("csrf", csrf.as_str())];
+    assert_eq!(c.post_with(&cookie, &path, &forged).await.status(), StatusCode::FORBIDDEN);
+
+    // The confirmation page typed into by hand: refused, and shown so.
+    b.goto(&c.url(&format!("/console/payouts/{parked}/confirm?action=resolve_paid"))).await;
+    assert!(b.text_of(".notice.error").await.contains("operator.act"));
+    b.screenshot("15-read-only-refused").await;
+    b.quit().await;
+
+    // An operator who may act, but a POST without the CSRF token: refused.
+    let b = Browser::start(&screenshots()).await;
+    browser_sign_in(&b, &c, &c.operator).await;
+    let cookie = b.cookies().await.into_iter().find(|c| c["name"] == "payoutd_console").expect("cookie");
+    let cookie = cookie["value"].as_str().unwrap_or_default().to_owned();
+    let r = c.post_with(&cookie, &path, &[("action", "resolve_paid"), ("reason", "no token")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.expect("html").contains("security token"));
+    assert_eq!(c.app.state(parked).await, PayoutState::NeedsReview, "nothing was done");
+    b.quit().await;
+    c.shutdown().await;
+}
