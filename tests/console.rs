@@ -50,8 +50,10 @@ impl Console {
         let app = TestApp::spawn(options).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let mut limits = HttpLimits::default();
-        limits.batches = BatchSettings { preflight_balance: false, ..BatchSettings::default() };
+        let limits = HttpLimits {
+            batches: BatchSettings { preflight_balance: false, ..BatchSettings::default() },
+            ..HttpLimits::default()
+        };
         config.batches = limits.batches.clone();
         let state = AppState { pool: app.db.pool.clone(), connectors: app.connectors.clone() };
         // As crates/payoutd/src/app.rs merges them.

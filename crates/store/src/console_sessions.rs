@@ -68,8 +68,8 @@ pub async fn open(
 /// The live session behind the cookie value `id`: not expired, its API token neither revoked
 /// nor expired.
 pub async fn lookup(pool: &PgPool, id: &str) -> Result<Option<Session>, StoreError> {
-    let row: Option<(Uuid, String, String, Vec<String>, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT t.id, t.client_id, t.label, t.scopes, s.csrf_token, s.expires_at
+    let row: Option<SessionRow> = sqlx::query_as(
+        "SELECT t.id AS token_id, t.client_id, t.label, t.scopes, s.csrf_token, s.expires_at
            FROM console_sessions s JOIN api_tokens t ON t.id = s.token_id
           WHERE s.id_hash = $1 AND s.expires_at > now()
             AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())",
@@ -77,12 +77,22 @@ pub async fn lookup(pool: &PgPool, id: &str) -> Result<Option<Session>, StoreErr
     .bind(hash_id(id))
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(token_id, client_id, label, scopes, csrf_token, expires_at)| Session {
-        token_label: label,
-        caller: Caller { token_id, client_id, scopes },
-        csrf_token,
-        expires_at,
+    Ok(row.map(|r| Session {
+        token_label: r.label,
+        caller: Caller { token_id: r.token_id, client_id: r.client_id, scopes: r.scopes },
+        csrf_token: r.csrf_token,
+        expires_at: r.expires_at,
     }))
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    token_id: Uuid,
+    client_id: String,
+    label: String,
+    scopes: Vec<String>,
+    csrf_token: String,
+    expires_at: DateTime<Utc>,
 }
 
 /// Ends the session behind `id` (signing out). Whether there was one.
