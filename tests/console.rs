@@ -705,3 +705,117 @@ async fn browser_read_only_operator_sees_no_actions_and_forged_or_csrf_less_post
     b.quit().await;
     c.shutdown().await;
 }
+
+// ---- measurement ---------------------------------------------------------------------------
+
+/// Inserts `n` payouts with SQL (one statement): 20 clients, mostly paid, one in a thousand
+/// parked, spread over the last 30 days, with destinations as clients send them.
+async fn seed(c: &Console, n: i64) {
+    sqlx::query(
+        "INSERT INTO payouts (id, client_id, external_id, idempotency_key, request_hash, provider, account, amount,
+                              currency, destination, state, next_run_at, provider_reference, created_at, updated_at,
+                              finalized_at, parked_at)
+         SELECT gen_random_uuid(), 'client-' || (g % 20), 'seed-' || g, 'k-' || g, '\\x00', '8b_partner', 'test-service',
+                150000 + g % 1000, 'IDR',
+                jsonb_build_object('phone', '62' || (800000000 + g), 'client', (1000000000 + g)::text,
+                                   'destination', 'bank_transfer', 'receiver_name', 'Budi Santoso ' || g),
+                CASE WHEN g % 1000 = 0 THEN 'needs_review' ELSE 'paid' END::payout_state, NULL,
+                'PO' || lpad(g::text, 18, '0'),
+                now() - make_interval(secs => g * 25.0), now() - make_interval(secs => g * 25.0),
+                CASE WHEN g % 1000 <> 0 THEN now() - make_interval(secs => g * 25.0 - 5) END,
+                CASE WHEN g % 1000 = 0 THEN now() - make_interval(secs => g * 25.0 - 5) END
+           FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(c.pool())
+    .await
+    .expect("seed");
+    sqlx::query("ANALYZE payouts").execute(c.pool()).await.expect("analyze");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The payouts list with 100,000 payouts in the database (`CONSOLE_BENCH_ROWS` to change it):
+/// time to first byte and total time of the page over HTTP (median of 20), for the first page,
+/// a filtered page and a page deep in the cursor chain; then in Chromium the page's weight
+/// (HTML, stylesheet, script) and time to first contentful paint (Navigation and Paint Timing).
+/// Run: `bench/console-list.sh` (release build), or
+/// `cargo nextest run --release -p payoutd-tests --test console --run-ignored all --no-capture bench_`.
+#[tokio::test]
+#[ignore = "a measurement (about a minute): bench/console-list.sh"]
+async fn bench_payouts_list_with_100k_payouts() {
+    let rows: i64 = std::env::var("CONSOLE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let c = Console::start(AppOptions { workers: 0, ..AppOptions::default() }).await;
+    let started = Instant::now();
+    seed(&c, rows).await;
+    println!("seeded {rows} payouts in {:.1} s", started.elapsed().as_secs_f64());
+    let s = c.sign_in(&c.reader).await;
+
+    // A page deep in the chain: follow 20 cursors.
+    let mut deep = "/console/payouts".to_owned();
+    for _ in 0..20 {
+        let html = c.get_with(&s.cookie, &deep).await.text().await.expect("html");
+        let at = html.find("id=\"next-page\"").expect("a next page");
+        let start = html[..at].rfind("href=\"").expect("href") + 6;
+        deep = html[start..].split('"').next().expect("link").replace("&amp;", "&");
+    }
+    let pages = [
+        ("first page", "/console/payouts".to_owned()),
+        ("state=needs_review", "/console/payouts?state=needs_review".to_owned()),
+        ("client=client-7", "/console/payouts?client=client-7".to_owned()),
+        ("external_id", "/console/payouts?external_id=seed-4242".to_owned()),
+        ("21st page (cursor)", deep),
+        ("overview", "/console".to_owned()),
+        ("review queue", "/console/review".to_owned()),
+    ];
+    println!("{:<22} {:>9} {:>9} {:>8}", "page", "ttfb ms", "total ms", "bytes");
+    for (name, path) in &pages {
+        let (mut ttfb, mut total, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..20 {
+            let t = Instant::now();
+            let r = c.get_with(&s.cookie, path).await;
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            ttfb.push(t.elapsed().as_secs_f64() * 1000.0);
+            bytes = r.bytes().await.expect("body").len();
+            total.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!("{name:<22} {:>9.1} {:>9.1} {bytes:>8}", median(ttfb), median(total));
+    }
+
+    let b = Browser::start(&screenshots()).await;
+    browser_sign_in(&b, &c, &c.reader).await;
+    let mut fcp = Vec::new();
+    let mut weight = 0.0;
+    for round in 0..5 {
+        b.goto(&c.url("/console/payouts")).await;
+        b.find("#payouts").await;
+        let v = b
+            .execute(
+                "const n = performance.getEntriesByType('navigation')[0];
+                 const p = performance.getEntriesByName('first-contentful-paint')[0];
+                 const r = performance.getEntriesByType('resource');
+                 return { ttfb: n.responseStart - n.startTime, dcl: n.domContentLoadedEventEnd - n.startTime,
+                          load: n.loadEventEnd - n.startTime, fcp: p ? p.startTime : null,
+                          html: n.decodedBodySize, assets: r.reduce((s, e) => s + e.decodedBodySize, 0),
+                          rows: document.querySelectorAll('#payouts tbody tr').length };",
+            )
+            .await;
+        println!("browser round {round}: {v}");
+        if round > 0 {
+            fcp.push(v["fcp"].as_f64().unwrap_or(f64::NAN));
+        }
+        weight = v["html"].as_f64().unwrap_or(0.0) + v["assets"].as_f64().unwrap_or(0.0);
+        assert_eq!(v["rows"], 50);
+    }
+    b.screenshot("16-payouts-100k").await;
+    println!(
+        "payouts list, {rows} payouts: first contentful paint median {:.0} ms (warm); page weight {weight:.0} bytes \
+         (HTML + CSS + JS, uncompressed)",
+        median(fcp)
+    );
+    b.quit().await;
+    c.shutdown().await;
+}

@@ -227,6 +227,12 @@ impl Browser {
         self.call(reqwest::Method::GET, "/cookie", None).await.as_array().cloned().unwrap_or_default()
     }
 
+    /// Runs `script` in the page (WebDriver's own channel, not subject to the page's CSP) and
+    /// returns its value: for measurements such as the Navigation Timing entries.
+    pub async fn execute(&self, script: &str) -> Value {
+        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": [] }))).await
+    }
+
     /// Writes a PNG of the window to `<screenshots>/<name>.png`; returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let v = self.call(reqwest::Method::GET, "/screenshot", None).await;
