@@ -19,6 +19,7 @@ use payoutd_tests::webdriver::Browser;
 use payoutd_tests::{AppOptions, TestApp, payout_body};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, HeaderMap, LOCATION, SET_COOKIE};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -713,14 +714,15 @@ async fn browser_read_only_operator_sees_no_actions_and_forged_or_csrf_less_post
 async fn seed(c: &Console, n: i64) {
     sqlx::query(
         "INSERT INTO payouts (id, client_id, external_id, idempotency_key, request_hash, provider, account, amount,
-                              currency, destination, state, next_run_at, provider_reference, created_at, updated_at,
-                              finalized_at, parked_at)
+                              currency, destination, state, next_run_at, provider_reference, submit_request, created_at,
+                              updated_at, finalized_at, parked_at)
          SELECT gen_random_uuid(), 'client-' || (g % 20), 'seed-' || g, 'k-' || g, '\\x00', '8b_partner', 'test-service',
                 150000 + g % 1000, 'IDR',
                 jsonb_build_object('phone', '62' || (800000000 + g), 'client', (1000000000 + g)::text,
                                    'destination', 'bank_transfer', 'receiver_name', 'Budi Santoso ' || g),
                 CASE WHEN g % 1000 = 0 THEN 'needs_review' ELSE 'paid' END::payout_state, NULL,
                 'PO' || lpad(g::text, 18, '0'),
+                jsonb_build_object('id', 'PO' || lpad(g::text, 18, '0'), 'amount', (150000 + g % 1000)::text),
                 now() - make_interval(secs => g * 25.0), now() - make_interval(secs => g * 25.0),
                 CASE WHEN g % 1000 <> 0 THEN now() - make_interval(secs => g * 25.0 - 5) END,
                 CASE WHEN g % 1000 = 0 THEN now() - make_interval(secs => g * 25.0 - 5) END
@@ -787,35 +789,47 @@ async fn bench_payouts_list_with_100k_payouts() {
 
     let b = Browser::start(&screenshots()).await;
     browser_sign_in(&b, &c, &c.reader).await;
-    let mut fcp = Vec::new();
+    let (mut fcp, mut dcl, mut load) = (Vec::new(), Vec::new(), Vec::new());
     let mut weight = 0.0;
-    for round in 0..5 {
-        b.goto(&c.url("/console/payouts")).await;
+    for round in 0..6 {
+        // A distinct URL each round: a new navigation with its own paint entries.
+        b.goto(&c.url(&format!("/console/payouts?round={round}"))).await;
         b.find("#payouts").await;
-        let v = b
-            .execute(
-                "const n = performance.getEntriesByType('navigation')[0];
-                 const p = performance.getEntriesByName('first-contentful-paint')[0];
-                 const r = performance.getEntriesByType('resource');
-                 return { ttfb: n.responseStart - n.startTime, dcl: n.domContentLoadedEventEnd - n.startTime,
-                          load: n.loadEventEnd - n.startTime, fcp: p ? p.startTime : null,
-                          html: n.decodedBodySize, assets: r.reduce((s, e) => s + e.decodedBodySize, 0),
-                          rows: document.querySelectorAll('#payouts tbody tr').length };",
-            )
-            .await;
+        let mut v = Value::Null;
+        for _ in 0..30 {
+            v = b
+                .execute(
+                    "const n = performance.getEntriesByType('navigation')[0];
+                     const p = performance.getEntriesByName('first-contentful-paint')[0];
+                     const r = performance.getEntriesByType('resource');
+                     return { ttfb: n.responseStart - n.startTime, dcl: n.domContentLoadedEventEnd - n.startTime,
+                              load: n.loadEventEnd - n.startTime, fcp: p ? p.startTime : null,
+                              html: n.decodedBodySize, assets: r.reduce((s, e) => s + e.decodedBodySize, 0),
+                              rows: document.querySelectorAll('#payouts tbody tr').length };",
+                )
+                .await;
+            if v["fcp"].is_number() && v["load"].as_f64().unwrap_or(0.0) > 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         println!("browser round {round}: {v}");
         if round > 0 {
             fcp.push(v["fcp"].as_f64().unwrap_or(f64::NAN));
+            dcl.push(v["dcl"].as_f64().unwrap_or(f64::NAN));
+            load.push(v["load"].as_f64().unwrap_or(f64::NAN));
         }
         weight = v["html"].as_f64().unwrap_or(0.0) + v["assets"].as_f64().unwrap_or(0.0);
         assert_eq!(v["rows"], 50);
     }
-    b.screenshot("16-payouts-100k").await;
     println!(
-        "payouts list, {rows} payouts: first contentful paint median {:.0} ms (warm); page weight {weight:.0} bytes \
-         (HTML + CSS + JS, uncompressed)",
-        median(fcp)
+        "browser, warm (median of 5): first contentful paint {:.0} ms, DOMContentLoaded {:.0} ms, load {:.0} ms",
+        median(fcp.clone()),
+        median(dcl),
+        median(load)
     );
+    b.screenshot("16-payouts-100k").await;
+    println!("payouts list, {rows} payouts: page weight {weight:.0} bytes (HTML + CSS + JS, uncompressed)");
     b.quit().await;
     c.shutdown().await;
 }
