@@ -21,6 +21,7 @@ use reqwest::StatusCode;
 use reqwest::header::{COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sqlx::ConnectOptions as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -705,6 +706,87 @@ async fn browser_read_only_operator_sees_no_actions_and_forged_or_csrf_less_post
     assert_eq!(c.app.state(parked).await, PayoutState::NeedsReview, "nothing was done");
     b.quit().await;
     c.shutdown().await;
+}
+
+/// The console as `payoutd serve` itself serves it: the real binary (its own config loading,
+/// router and worker) against a fresh database and the sandbox. Sign in, see the overview, upload
+/// a batch and watch the binary's worker pay it.
+#[tokio::test]
+async fn browser_against_payoutd_serve_signs_in_uploads_a_batch_and_watches_it_finish() {
+    let (target, profile) = payoutd_tests::binary::target_and_profile();
+    let bin = payoutd_tests::binary::payoutd_binary(&target, &profile);
+    let app = TestApp::spawn(AppOptions { workers: 0, ..AppOptions::default() }).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut command = tokio::process::Command::new(&bin);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("PAYOUTD_") || name == "DATABASE_URL" {
+            command.env_remove(name);
+        }
+    }
+    let mut serve = command
+        .arg("serve")
+        .env("DATABASE_URL", app.db.options.to_url_lossy().to_string())
+        .env("PAYOUTD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PAYOUTD_ADMIN_LISTEN", "off")
+        .env("PAYOUTD_8B_PARTNER_BASE_URL", app.sandbox.base_url())
+        .env("PAYOUTD_8B_PARTNER_SERVICE_ID", payoutd_tests::SERVICE_ID)
+        .env("PAYOUTD_8B_PARTNER_SECRET", payoutd_tests::PARTNER_SECRET)
+        .env("PAYOUTD_8B_PARTNER_STATUS_INTERVAL_SECS", "3")
+        .env("PAYOUTD_8B_PARTNER_REQUEST_TIMEOUT_MS", "500")
+        .env("PAYOUTD_LEASE_SECS", "2")
+        .env("PAYOUTD_SAFETY_MARGIN_SECS", "0.3")
+        .env("PAYOUTD_IDLE_POLL_MS", "100")
+        .env("PAYOUTD_BATCH_PREFLIGHT_BALANCE", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start payoutd serve");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/console/sign-in")).send().await {
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["content-security-policy"], CONTENT_SECURITY_POLICY);
+            break;
+        }
+        assert!(serve.try_wait().expect("wait").is_none(), "payoutd serve exited");
+        assert!(Instant::now() < deadline, "payoutd serve did not answer within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let operator =
+        token(&app, "ops-team", "alice", &["operator.read", "batches.create", "batches.read"]).await;
+
+    let b = Browser::start(&screenshots()).await;
+    b.goto(&format!("{base}/console")).await;
+    b.type_into(&b.find("#token").await, &operator).await;
+    b.click(&b.find("#sign-in").await).await;
+    assert_eq!(b.text_of("h1").await, "Overview");
+    b.goto(&format!("{base}/console/batches")).await;
+    let mut csv = String::from(CSV_HEADER);
+    for i in 1..=3 {
+        csv.push_str(&csv_line(&format!("serve-{i}"), "20000"));
+    }
+    b.type_into(&b.find("#csv").await, &csv).await;
+    b.click(&b.find("#upload").await).await;
+    b.wait_for_text(".notice", "Uploaded", Duration::from_secs(10)).await;
+    b.wait_for_text("#batch-state", "completed", Duration::from_secs(60)).await;
+    assert_eq!(b.text_of("#batch-final").await, "3 of 3");
+    b.screenshot("17-payoutd-serve-batch").await;
+    let paid: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payouts WHERE state = 'paid' AND external_id LIKE 'serve-%'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("count");
+    assert_eq!(paid, 3);
+    b.quit().await;
+    let _ = serve.kill().await;
+    app.shutdown().await;
 }
 
 // ---- measurement ---------------------------------------------------------------------------

@@ -415,6 +415,15 @@ impl Config {
         if let Some(v) = get("PAYOUTD_EMBEDDED_POSTGRES") {
             self.embedded_postgres = parse_flag("PAYOUTD_EMBEDDED_POSTGRES", &v)?;
         }
+        if let Some(v) = get("PAYOUTD_CONSOLE") {
+            self.console.enabled = parse_flag("PAYOUTD_CONSOLE", &v)?;
+        }
+        if let Some(v) = get("PAYOUTD_CONSOLE_PUBLIC_BASE_URL") {
+            self.console.public_base_url = Some(v);
+        }
+        if let Some(v) = get("PAYOUTD_CONSOLE_TRACE_URL") {
+            self.console.trace_url = Some(v);
+        }
         if let Some(v) = get("PAYOUTD_HTTP_REQUEST_TIMEOUT_SECS") {
             self.http.request_timeout_secs = parse_env("PAYOUTD_HTTP_REQUEST_TIMEOUT_SECS", &v)?;
         }
@@ -630,5 +639,22 @@ mod tests {
         assert_eq!(e.safety_margin, Duration::from_secs_f64(MAX_SETTING_SECS));
         let partner = c.eightb_partner.as_ref().expect("partner");
         assert_eq!(partner.connector_config().min_status_interval, Duration::from_secs_f64(MAX_SETTING_SECS));
+    }
+
+    #[test]
+    fn the_console_is_on_by_default_and_an_https_public_base_makes_its_cookies_secure() {
+        let c = Config::default();
+        let console = c.console().expect("on by default");
+        assert!(!console.secure_cookies && console.public_origin.is_none());
+        let mut c: Config = toml::from_str(
+            "[console]\npublic_base_url = \"https://ops.example/payoutd/\"\nrefresh_secs = 1\n",
+        )
+        .unwrap();
+        let console = c.console().expect("on");
+        assert!(console.secure_cookies);
+        assert_eq!(console.public_origin.as_deref(), Some("https://ops.example"));
+        assert_eq!(console.refresh_secs, 2, "clamped");
+        c.apply_env(env(&[("PAYOUTD_CONSOLE", "off")])).unwrap();
+        assert!(c.console().is_none());
     }
 }
