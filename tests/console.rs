@@ -45,18 +45,16 @@ struct Console {
 
 impl Console {
     async fn start(options: AppOptions) -> Console {
-        Self::start_with(options, ConsoleConfig { refresh_secs: 2, ..ConsoleConfig::default() }).await
+        let batches = BatchSettings { preflight_balance: false, ..BatchSettings::default() };
+        Self::start_with(options, ConsoleConfig { refresh_secs: 2, batches, ..ConsoleConfig::default() })
+            .await
     }
 
-    async fn start_with(options: AppOptions, mut config: ConsoleConfig) -> Console {
+    async fn start_with(options: AppOptions, config: ConsoleConfig) -> Console {
         let app = TestApp::spawn(options).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let limits = HttpLimits {
-            batches: BatchSettings { preflight_balance: false, ..BatchSettings::default() },
-            ..HttpLimits::default()
-        };
-        config.batches = limits.batches.clone();
+        let limits = HttpLimits { batches: config.batches.clone(), ..HttpLimits::default() };
         let state = AppState { pool: app.db.pool.clone(), connectors: app.connectors.clone() };
         // As crates/payoutd/src/app.rs merges them.
         let extra =
@@ -188,6 +186,7 @@ async fn park(c: &Console, id: Uuid, why: &str) {
     let from: String = sqlx::query_scalar(
         "UPDATE payouts p SET state = 'needs_review', next_run_at = NULL, parked_at = now(), finalized_at = NULL,
                 provider_reference = COALESCE(provider_reference, 'PO' || lpad(nextval('provider_reference_seq')::text, 18, '0')),
+                submit_request = COALESCE(submit_request, jsonb_build_object('amount', amount::text)),
                 fencing_token = fencing_token + 1, lease_owner = NULL, lease_expires_at = NULL
            FROM (SELECT id, state::text AS old FROM payouts WHERE id = $1 FOR UPDATE) o
           WHERE p.id = o.id RETURNING o.old",
@@ -490,6 +489,152 @@ async fn http_the_list_filters_and_pages_with_a_cursor() {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let text = r.text().await.expect("html");
     assert!(text.contains("state: unknown state") && text.contains("created_from"), "names each bad field");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_cancel_retry_and_status_query_go_through_the_operator_functions_with_the_operator_s_identity() {
+    let c = Console::start(AppOptions { workers: 0, ..AppOptions::default() }).await;
+    let s = c.sign_in(&c.operator).await;
+    let pending = c.enqueue("act-cancel").await;
+    let parked = c.enqueue("act-retry").await;
+    park(&c, parked, "outcome unknown").await;
+    let act = |id: Uuid, action: &'static str, reason: &'static str| {
+        let (cookie, csrf) = (s.cookie.clone(), s.csrf.clone());
+        let c = &c;
+        async move {
+            c.post_with(
+                &cookie,
+                &format!("/console/payouts/{id}/act"),
+                &[("action", action), ("reason", reason), ("csrf", &csrf)],
+            )
+            .await
+        }
+    };
+
+    // The confirmation page says what will happen before anything does.
+    let page = c.get_with(&s.cookie, &format!("/console/payouts/{pending}/confirm?action=cancel")).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.expect("html").contains("becomes final: cancelled"));
+    assert_eq!(c.app.state(pending).await, PayoutState::Pending);
+
+    // A reason is required: 422 on the confirmation page, nothing done.
+    let r = act(pending, "cancel", "   ").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text().await.expect("html").contains("a reason is required"));
+    assert_eq!(c.app.state(pending).await, PayoutState::Pending);
+
+    let r = act(pending, "cancel", "customer withdrew the request").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], format!("/console/payouts/{pending}?done=cancel").as_str());
+    assert_eq!(c.app.state(pending).await, PayoutState::Cancelled);
+    let e = last_event(&c, pending).await;
+    assert_eq!((e.actor.as_str(), e.to_state.as_str()), (OPERATOR, "cancelled"));
+    assert!(e.reason.contains("customer withdrew the request"), "{}", e.reason);
+
+    // Retry of a parked payout with an intent: in_doubt (ask the provider first).
+    let r = act(parked, "retry", "provider says it has no record; ask again").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(c.app.state(parked).await, PayoutState::InDoubt);
+    // A status query of the in_doubt payout is scheduled; of the cancelled one refused with the reason.
+    let r = act(parked, "status_query", "ask now").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(last_event(&c, parked).await.actor, OPERATOR);
+    let r = act(pending, "status_query", "ask now").await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(r.text().await.expect("html").contains("Refused by the server"));
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_a_batch_waiting_for_approval_is_approved_by_another_client_and_cancelled_by_its_own() {
+    let config = ConsoleConfig {
+        batches: BatchSettings {
+            require_approval: true,
+            preflight_balance: false,
+            ..BatchSettings::default()
+        },
+        ..ConsoleConfig::default()
+    };
+    let c = Console::start_with(AppOptions { workers: 0, ..AppOptions::default() }, config).await;
+    let maker = c.sign_in(&c.operator).await;
+    let mut csv = String::from(CSV_HEADER);
+    for i in 1..=3 {
+        csv.push_str(&csv_line(&format!("appr-{i}"), "10000"));
+    }
+    let r = c
+        .post_with(&maker.cookie, "/console/batches", &[("csv", csv.as_str()), ("csrf", maker.csrf.as_str())])
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let location = r.headers()[LOCATION].to_str().expect("location").to_owned();
+    let id = location.trim_start_matches("/console/batches/").split('?').next().expect("id").to_owned();
+    let page = c.get_with(&maker.cookie, &location).await.text().await.expect("html");
+    assert!(
+        page.contains("awaiting_approval") && !page.contains("id=\"approve\""),
+        "the maker cannot approve"
+    );
+
+    // The maker's own client is refused even when it forges the POST with an approver token.
+    let r = c
+        .post_with(
+            &maker.cookie,
+            &format!("/console/batches/{id}/act"),
+            &[("action", "approve"), ("csrf", maker.csrf.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no batches.approve");
+
+    let approver_token = token(&c.app, "finance", "carol", &["batches.approve"]).await;
+    let checker = c.sign_in(&approver_token).await;
+    let list = c.get_with(&checker.cookie, "/console/batches").await.text().await.expect("html");
+    assert!(list.contains(&id), "the approver sees what waits for approval");
+    let page = c.get_with(&checker.cookie, &location).await.text().await.expect("html");
+    assert!(page.contains("id=\"approve\"") && !page.contains("id=\"cancel\""));
+    let r = c
+        .post_with(
+            &checker.cookie,
+            &format!("/console/batches/{id}/act"),
+            &[("action", "approve"), ("csrf", checker.csrf.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let state: String =
+        sqlx::query_scalar("SELECT state::text FROM batches").fetch_one(c.pool()).await.expect("state");
+    assert_eq!(state, "processing");
+    let approved_by: Option<String> =
+        sqlx::query_scalar("SELECT approved_by_client FROM batches").fetch_one(c.pool()).await.expect("by");
+    assert_eq!(approved_by.as_deref(), Some("finance"));
+    let r = c
+        .post_with(
+            &checker.cookie,
+            &format!("/console/batches/{id}/act"),
+            &[("action", "approve"), ("csrf", checker.csrf.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT, "approved once");
+
+    // The maker cancels: no worker runs, so every payout is still before its intent.
+    let r = c
+        .post_with(
+            &maker.cookie,
+            &format!("/console/batches/{id}/act"),
+            &[("action", "cancel"), ("reason", ""), ("csrf", maker.csrf.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "a reason is required");
+    let r = c
+        .post_with(
+            &maker.cookie,
+            &format!("/console/batches/{id}/act"),
+            &[("action", "cancel"), ("reason", "wrong file"), ("csrf", maker.csrf.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cancelled: i64 = sqlx::query_scalar("SELECT count(*) FROM payouts WHERE state = 'cancelled'")
+        .fetch_one(c.pool())
+        .await
+        .expect("n");
+    assert_eq!(cancelled, 3);
     c.shutdown().await;
 }
 
