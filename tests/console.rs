@@ -638,6 +638,29 @@ async fn http_a_batch_waiting_for_approval_is_approved_by_another_client_and_can
     c.shutdown().await;
 }
 
+#[tokio::test]
+async fn http_the_api_serves_its_openapi_3_1_document() {
+    let c = Console::start(AppOptions { workers: 0, ..AppOptions::default() }).await;
+    let r = c.http.get(c.url("/openapi.json")).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/payouts",
+        "/v1/operator/payouts/{id}/resolve",
+        "/v1/batches",
+        "/v1/callbacks/{provider}",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is described");
+    }
+    assert_eq!(
+        doc["paths"]["/v1/operator/payouts/{id}/resolve"]["post"]["security"][0]["bearer"][0],
+        "operator.act"
+    );
+    c.shutdown().await;
+}
+
 // ---- in a browser -------------------------------------------------------------------------
 
 async fn browser_sign_in(b: &Browser, c: &Console, token: &str) {

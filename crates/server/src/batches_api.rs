@@ -158,6 +158,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[utoipa::path(post, path = "/v1/batches", tag = "batches", operation_id = "batches_upload", summary = "Upload a batch file",
+    params(("reference" = Option<String>, Query), ("account" = Option<String>, Query), ("force" = Option<String>, Query)),
+    request_body(content = String, content_type = "text/csv", description = "a CSV file (text/csv) or JSON lines (application/x-ndjson)"),
+    responses((status = 200, description = "the same reference and content again: that batch (Idempotent-Replayed: true)", body = serde_json::Value), (status = 201, description = "stored", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 409, description = "the reference names a batch with other content"), (status = 413, description = "over [batches] max_bytes"), (status = 422, description = "every bad row (row, column, reason); nothing stored")),
+    security(("bearer" = ["batches.create"])),
+)]
 pub async fn upload(
     State(state): State<AppState>,
     axum::Extension(settings): Settings,
@@ -482,6 +488,11 @@ pub struct ListQuery {
     pub format: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/batches", tag = "batches", operation_id = "batches_list", summary = "List batches",
+    params(("limit" = Option<String>, Query)),
+    responses((status = 200, description = "the client's batches, newest first", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["batches.read"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -513,6 +524,11 @@ pub async fn readable_by(state: &AppState, caller: &Caller, id: &str) -> Result<
     Ok(batch)
 }
 
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", operation_id = "batches_show", summary = "One batch",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "counts and sums per state and currency", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["batches.read"])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -550,6 +566,11 @@ pub async fn report_csv(state: &AppState, id: Uuid) -> Result<String, ApiError> 
 pub const REPORT_HEADER: &[&str] =
     &["row", "external_id", "state", "final", "account", "amount", "currency", "provider_reference", "error"];
 
+#[utoipa::path(get, path = "/v1/batches/{id}/report", tag = "batches", operation_id = "batches_report", summary = "A batch's report (CSV)",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "one CSV line per row", body = String, content_type = "text/csv"), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["batches.read"])),
+)]
 pub async fn report(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -571,6 +592,11 @@ pub async fn report(
     Ok(response)
 }
 
+#[utoipa::path(post, path = "/v1/batches/{id}/approve", tag = "batches", operation_id = "batches_approve", summary = "Approve a batch (another client)",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "released", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "missing scope, or the uploader's own client"), (status = 404, description = "no such resource (or another client's)"), (status = 409, description = "not awaiting approval")),
+    security(("bearer" = ["batches.approve"])),
+)]
 pub async fn approve(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -605,6 +631,12 @@ pub struct CancelBody {
     pub reason: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", operation_id = "batches_cancel", summary = "Cancel a batch",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason?}"),
+    responses((status = 200, description = "cancelled what had no intent; the rest continues", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)"), (status = 409, description = "every payout is final")),
+    security(("bearer" = ["batches.create"])),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -640,6 +672,11 @@ pub async fn cancel(
     }
 }
 
+#[utoipa::path(get, path = "/v1/reconciliations", tag = "batches", operation_id = "batches_list_reconciliations", summary = "List reconciliation runs",
+    params(("account" = Option<String>, Query), ("limit" = Option<String>, Query)),
+    responses((status = 200, description = "stored reconciliation runs", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["reconciliations.read"])),
+)]
 pub async fn list_reconciliations(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -651,6 +688,11 @@ pub async fn list_reconciliations(
     Ok(json_response(StatusCode::OK, json!({ "reconciliations": list })))
 }
 
+#[utoipa::path(get, path = "/v1/reconciliations/{id}", tag = "batches", operation_id = "batches_show_reconciliation", summary = "One reconciliation run",
+    params(("id" = String, Path), ("format" = Option<String>, Query)),
+    responses((status = 200, description = "one run: summary and items (or CSV with format=csv)", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["reconciliations.read"])),
+)]
 pub async fn show_reconciliation(
     State(state): State<AppState>,
     auth: Authenticated,
