@@ -26,6 +26,7 @@ use uuid::Uuid;
 pub mod binary;
 pub mod log_capture;
 pub mod token_accounts;
+pub mod webdriver;
 
 pub const SERVICE_ID: &str = "test-service";
 /// The partner secret of every test; tests assert it never shows up in logs or answers.

@@ -61,6 +61,8 @@ pub struct Operations {
     pub operator: payoutd_server::operator_api::OperatorApi,
     /// The retention timer workers run.
     pub retention: payoutd_engine::retention_timer::RetentionTimerConfig,
+    /// The operator console's settings; `None` when `[console] enabled = false`.
+    pub console: Option<payoutd_server::console::ConsoleConfig>,
 }
 
 /// Binds the admin listener as configured (see [`crate::telemetry::TelemetrySettings`]).
@@ -87,6 +89,7 @@ pub async fn operations(config: &Config) -> anyhow::Result<Operations> {
         gauges: config.telemetry.gauges(&config.engine.engine_config()),
         operator: config.operator.api(&config.retention),
         retention,
+        console: config.console(),
     })
 }
 
@@ -173,12 +176,13 @@ pub async fn run(
         tracing::info!(%addr, ?http, "API listening");
         let state = AppState { pool: pool.clone(), connectors: connectors.clone() };
         let stop = shutdown.clone();
-        let router = payoutd_server::router_with_extra(
-            state,
-            &http,
-            payoutd_server::webhooks_api::routes(webhooks_api, &http)
-                .merge(payoutd_server::operator_api::routes(ops.operator.clone(), &http)),
-        );
+        let mut extra = payoutd_server::webhooks_api::routes(webhooks_api, &http)
+            .merge(payoutd_server::operator_api::routes(ops.operator.clone(), &http));
+        if let Some(console) = ops.console.clone() {
+            tracing::info!(%addr, "operator console at /console");
+            extra = extra.merge(payoutd_server::console::routes(console, &http));
+        }
+        let router = payoutd_server::router_with_extra(state, &http, extra);
         tasks.spawn(async move {
             payoutd_server::serve_router(listener, router, async move { stop.cancelled().await })
                 .await

@@ -62,6 +62,8 @@ enum Command {
     Worker,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print the OpenAPI 3.1 document of the HTTP API (also served at GET /openapi.json).
+    Openapi,
     /// API client tokens.
     Token {
         #[command(subcommand)]
@@ -175,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Webhook { .. }
             | Command::Operator(_)
             | Command::Restore { .. }
+            | Command::Openapi
     );
     let telemetry = telemetry::init(if quiet { "error" } else { "info,sqlx=warn" });
     let result = match cli.config_with_env(|name| std::env::var(name).ok()) {
@@ -211,6 +214,10 @@ pub async fn execute(cli: Cli, config: Config) -> anyhow::Result<()> {
             let engine = Some(config.engine_config());
             let ops = app::operations(&config).await?;
             app::run(pool, connectors, None, http, engine, &config.webhooks, ops, shutdown).await
+        }
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&payoutd_server::openapi::document())?);
+            Ok(())
         }
         Command::Migrate => {
             database::open(&config, 2).await?;

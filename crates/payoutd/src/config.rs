@@ -53,6 +53,8 @@ pub struct Config {
     pub operator: crate::operator_cli::OperatorSettings,
     /// How long destination details and callback bodies are kept.
     pub retention: crate::operator_cli::RetentionSettings,
+    /// The operator console at `/console` (`[console]`).
+    pub console: ConsoleSettings,
 }
 
 impl Default for Config {
@@ -72,7 +74,59 @@ impl Default for Config {
             batches: Default::default(),
             operator: Default::default(),
             retention: Default::default(),
+            console: Default::default(),
         }
+    }
+}
+
+/// The `[console]` section: the operator console served at `/console` by `payoutd serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Serve the console (default on). Signing in needs an operator or batch token either way.
+    pub enabled: bool,
+    /// The console's public base URL (e.g. `https://ops.example/`) when a proxy serves it:
+    /// https makes every session cookie `Secure`, and POSTs from that origin are accepted.
+    pub public_base_url: Option<String>,
+    /// How long a sign-in lasts.
+    pub session_ttl_secs: f64,
+    /// A trace viewer URL with `{trace_id}` in it, linked from each payout's page.
+    pub trace_url: Option<String>,
+    /// Seconds between reloads of the overview and of a running batch's page.
+    pub refresh_secs: u32,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        let c = payoutd_server::console::ConsoleConfig::default();
+        Self {
+            enabled: true,
+            public_base_url: None,
+            session_ttl_secs: c.session_ttl.as_secs_f64(),
+            trace_url: None,
+            refresh_secs: c.refresh_secs,
+        }
+    }
+}
+
+impl Config {
+    /// The console's settings, or `None` when it is switched off.
+    pub fn console(&self) -> Option<payoutd_server::console::ConsoleConfig> {
+        let s = &self.console;
+        if !s.enabled {
+            return None;
+        }
+        let mut c = payoutd_server::console::ConsoleConfig {
+            session_ttl: seconds_setting(s.session_ttl_secs, 60.0, 7.0 * 86_400.0),
+            trace_url: s.trace_url.clone().filter(|u| !u.trim().is_empty()),
+            refresh_secs: s.refresh_secs.clamp(2, 3600),
+            batches: self.batches.api(),
+            ..Default::default()
+        };
+        if let Some(base) = s.public_base_url.as_deref().filter(|b| !b.trim().is_empty()) {
+            c = c.with_public_base(base);
+        }
+        Some(c)
     }
 }
 
@@ -361,6 +415,15 @@ impl Config {
         if let Some(v) = get("PAYOUTD_EMBEDDED_POSTGRES") {
             self.embedded_postgres = parse_flag("PAYOUTD_EMBEDDED_POSTGRES", &v)?;
         }
+        if let Some(v) = get("PAYOUTD_CONSOLE") {
+            self.console.enabled = parse_flag("PAYOUTD_CONSOLE", &v)?;
+        }
+        if let Some(v) = get("PAYOUTD_CONSOLE_PUBLIC_BASE_URL") {
+            self.console.public_base_url = Some(v);
+        }
+        if let Some(v) = get("PAYOUTD_CONSOLE_TRACE_URL") {
+            self.console.trace_url = Some(v);
+        }
         if let Some(v) = get("PAYOUTD_HTTP_REQUEST_TIMEOUT_SECS") {
             self.http.request_timeout_secs = parse_env("PAYOUTD_HTTP_REQUEST_TIMEOUT_SECS", &v)?;
         }
@@ -576,5 +639,22 @@ mod tests {
         assert_eq!(e.safety_margin, Duration::from_secs_f64(MAX_SETTING_SECS));
         let partner = c.eightb_partner.as_ref().expect("partner");
         assert_eq!(partner.connector_config().min_status_interval, Duration::from_secs_f64(MAX_SETTING_SECS));
+    }
+
+    #[test]
+    fn the_console_is_on_by_default_and_an_https_public_base_makes_its_cookies_secure() {
+        let c = Config::default();
+        let console = c.console().expect("on by default");
+        assert!(!console.secure_cookies && console.public_origin.is_none());
+        let mut c: Config = toml::from_str(
+            "[console]\npublic_base_url = \"https://ops.example/payoutd/\"\nrefresh_secs = 1\n",
+        )
+        .unwrap();
+        let console = c.console().expect("on");
+        assert!(console.secure_cookies);
+        assert_eq!(console.public_origin.as_deref(), Some("https://ops.example"));
+        assert_eq!(console.refresh_secs, 2, "clamped");
+        c.apply_env(env(&[("PAYOUTD_CONSOLE", "off")])).unwrap();
+        assert!(c.console().is_none());
     }
 }

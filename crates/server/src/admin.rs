@@ -52,7 +52,11 @@ pub async fn serve(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "admin", operation_id = "admin_metrics", summary = "Metrics (admin listener)",
+    responses((status = 200, description = "Prometheus text exposition (admin listener)", body = String, content_type = "text/plain")),
+    security(()),
+)]
+pub(crate) async fn metrics(State(state): State<AdminState>) -> Response {
     match (state.metrics)() {
         Ok(text) => {
             let mut response = text.into_response();

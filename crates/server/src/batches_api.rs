@@ -28,6 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use payoutd_core::batch_file::{self, BatchFormat, BatchLimits, BatchRejection, ParseOptions, RowError};
 use payoutd_core::{FieldError, NewPayout};
+use payoutd_store::api_tokens::Caller;
 use payoutd_store::batches::{self, Approval, BatchPayout, Cancellation, CreateBatch, NewBatch};
 use payoutd_store::client_limits::{self, Limit};
 use payoutd_store::reconciliation;
@@ -97,6 +98,32 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// What an upload came to: the answer's status and JSON body. The JSON handler sends it as it
+/// is; the operator console renders the same body (its per-row errors) as a page.
+#[derive(Debug, Clone)]
+pub struct UploadOutcome {
+    pub status: StatusCode,
+    pub body: Value,
+    /// The same reference and content were uploaded before: this is that batch.
+    pub replayed: bool,
+}
+
+impl UploadOutcome {
+    fn new(status: StatusCode, body: Value) -> Self {
+        Self { status, body, replayed: false }
+    }
+}
+
+impl IntoResponse for UploadOutcome {
+    fn into_response(self) -> Response {
+        let mut response = json_response(self.status, self.body);
+        if self.replayed {
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
 fn rejected(
     status: StatusCode,
     error: &str,
@@ -104,8 +131,8 @@ fn rejected(
     errors: &[RowError],
     rows: usize,
     truncated: bool,
-) -> Response {
-    json_response(
+) -> UploadOutcome {
+    UploadOutcome::new(
         status,
         json!({
             "error": error,
@@ -131,28 +158,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[utoipa::path(post, path = "/v1/batches", tag = "batches", operation_id = "batches_upload", summary = "Upload a batch file",
+    params(("reference" = Option<String>, Query), ("account" = Option<String>, Query), ("force" = Option<String>, Query)),
+    request_body(content = String, content_type = "text/csv", description = "a CSV file (text/csv) or JSON lines (application/x-ndjson)"),
+    responses((status = 200, description = "the same reference and content again: that batch (Idempotent-Replayed: true)", body = serde_json::Value), (status = 201, description = "stored", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 409, description = "the reference names a batch with other content"), (status = 413, description = "over [batches] max_bytes"), (status = 422, description = "every bad row (row, column, reason); nothing stored")),
+    security(("bearer" = ["batches.create"])),
+)]
 pub async fn upload(
-    state: State<AppState>,
-    settings: Settings,
-    auth: Authenticated,
-    query: Query<UploadQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let answer = store_upload(state, settings, auth, query, headers, body).await;
-    crate::telemetry::count_batch_upload(match &answer {
-        Ok(r) if r.status() == StatusCode::CREATED => "accepted",
-        Ok(r) if r.status() == StatusCode::OK => "replayed",
-        Ok(r) if r.status() == StatusCode::CONFLICT => "conflict",
-        Ok(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        Ok(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => "rejected",
-        Ok(_) => "other",
-        Err(_) => "error",
-    });
-    answer
-}
-
-async fn store_upload(
     State(state): State<AppState>,
     axum::Extension(settings): Settings,
     auth: Authenticated,
@@ -163,15 +175,60 @@ async fn store_upload(
     let caller = auth.require(SCOPE_BATCHES_CREATE)?.clone();
     let max_bytes = settings.limits.max_bytes;
     let Ok(body) = axum::body::to_bytes(body, max_bytes).await else {
-        return Ok(rejected(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!("the file is larger than {max_bytes} bytes ([batches] max_bytes); split it"),
-            &[],
-            0,
-            false,
-        ));
+        return Ok(too_large(max_bytes).into_response());
     };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    Ok(upload_file(&state, &settings, &caller, &query, content_type, body).await?.into_response())
+}
+
+/// The refusal of a file over `[batches] max_bytes`.
+pub fn too_large(max_bytes: usize) -> UploadOutcome {
+    rejected(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "batch_too_large",
+        format!("the file is larger than {max_bytes} bytes ([batches] max_bytes); split it"),
+        &[],
+        0,
+        false,
+    )
+}
+
+/// Validates and stores one uploaded file for `caller` (who must hold `batches.create`): what
+/// `POST /v1/batches` and the console's upload form both do. Counted by result.
+pub async fn upload_file(
+    state: &AppState,
+    settings: &BatchSettings,
+    caller: &Caller,
+    query: &UploadQuery,
+    content_type: Option<&str>,
+    body: axum::body::Bytes,
+) -> Result<UploadOutcome, ApiError> {
+    let outcome = store_file(state, settings, caller, query, content_type, body).await;
+    crate::telemetry::count_batch_upload(match &outcome {
+        Ok(o) if o.status == StatusCode::CREATED => "accepted",
+        Ok(o) if o.replayed => "replayed",
+        Ok(o) if o.status == StatusCode::CONFLICT => "conflict",
+        Ok(o) if o.status == StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        Ok(o) if o.status == StatusCode::UNPROCESSABLE_ENTITY => "rejected",
+        Ok(_) => "other",
+        Err(ApiError::Invalid(_)) => "rejected",
+        Err(_) => "error",
+    });
+    outcome
+}
+
+async fn store_file(
+    state: &AppState,
+    settings: &BatchSettings,
+    caller: &Caller,
+    query: &UploadQuery,
+    content_type: Option<&str>,
+    body: axum::body::Bytes,
+) -> Result<UploadOutcome, ApiError> {
+    let max_bytes = settings.limits.max_bytes;
+    if body.len() > max_bytes {
+        return Ok(too_large(max_bytes));
+    }
     if let Some(r) = &query.reference
         && (r.is_empty() || r.chars().count() > MAX_REFERENCE || r.chars().any(char::is_control))
     {
@@ -189,7 +246,7 @@ async fn store_upload(
             format!("unknown provider account {a:?}; configured: {}", names.join(", ")),
         )]));
     }
-    let format = BatchFormat::detect(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), &body);
+    let format = BatchFormat::detect(content_type, &body);
     let limits = settings.limits;
     let default_account = query.account.clone();
     // The client's limits (operator controls), checked row by row with the same pure function
@@ -298,11 +355,11 @@ async fn store_upload(
     let content_hash = content.finalize().to_vec();
     let reference = query.reference.clone().unwrap_or_else(|| format!("sha256:{}", hex(&content_hash)));
     if let Some(existing) = batches::by_reference(&state.pool, &caller.client_id, &reference).await? {
-        return answer_existing(&state, existing, &content_hash).await;
+        return answer_existing(state, existing, &content_hash).await;
     }
-    let preflight = if settings.preflight_balance { preflight(&state, &rows).await } else { Vec::new() };
+    let preflight = if settings.preflight_balance { preflight(state, &rows).await } else { Vec::new() };
     if !query.force.unwrap_or(false) && preflight.iter().any(|p| p["covered"] == json!(false)) {
-        return Ok(json_response(
+        return Ok(UploadOutcome::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({
                 "error": "insufficient_balance",
@@ -334,11 +391,11 @@ async fn store_upload(
             let totals = batches::totals(&state.pool, batch.id).await?;
             let mut body = batches::summary_json(&batch, &totals);
             body["preflight"] = json!(preflight);
-            Ok(json_response(StatusCode::CREATED, body))
+            Ok(UploadOutcome::new(StatusCode::CREATED, body))
         }
-        CreateBatch::Replayed(batch) => replay(&state, &batch).await,
+        CreateBatch::Replayed(batch) => replay(state, &batch).await,
         CreateBatch::ReferenceConflict { existing_id } => Ok(conflict(existing_id)),
-        CreateBatch::OverDailyLimit { currency, max, spent_today, batch_total } => Ok(json_response(
+        CreateBatch::OverDailyLimit { currency, max, spent_today, batch_total } => Ok(UploadOutcome::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({
                 "error": "client_limit",
@@ -381,7 +438,7 @@ async fn answer_existing(
     state: &AppState,
     existing: batches::Batch,
     content_hash: &[u8],
-) -> Result<Response, ApiError> {
+) -> Result<UploadOutcome, ApiError> {
     if existing.content_hash == content_hash {
         replay(state, &existing).await
     } else {
@@ -389,15 +446,13 @@ async fn answer_existing(
     }
 }
 
-async fn replay(state: &AppState, batch: &batches::Batch) -> Result<Response, ApiError> {
+async fn replay(state: &AppState, batch: &batches::Batch) -> Result<UploadOutcome, ApiError> {
     let totals = batches::totals(&state.pool, batch.id).await?;
-    let mut response = json_response(StatusCode::OK, batches::summary_json(batch, &totals));
-    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    Ok(response)
+    Ok(UploadOutcome { status: StatusCode::OK, body: batches::summary_json(batch, &totals), replayed: true })
 }
 
-fn conflict(existing_id: Uuid) -> Response {
-    json_response(
+fn conflict(existing_id: Uuid) -> UploadOutcome {
+    UploadOutcome::new(
         StatusCode::CONFLICT,
         json!({
             "error": "batch_reference_conflict",
@@ -456,6 +511,11 @@ pub struct ListQuery {
     pub format: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/batches", tag = "batches", operation_id = "batches_list", summary = "List batches",
+    params(("limit" = Option<String>, Query)),
+    responses((status = 200, description = "the client's batches, newest first", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["batches.read"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -469,20 +529,29 @@ pub async fn list(
 
 /// The batch if the caller may read it: its own (`batches.read`), or any (`batches.approve`).
 async fn readable(state: &AppState, auth: &Authenticated, id: &str) -> Result<batches::Batch, ApiError> {
-    let caller = &auth.0;
+    readable_by(state, &auth.0, id).await
+}
+
+/// The batch `id` if `caller` may read it: its own (`batches.read`), or any
+/// (`batches.approve`). Another client's batch is indistinguishable from none.
+pub async fn readable_by(state: &AppState, caller: &Caller, id: &str) -> Result<batches::Batch, ApiError> {
     let approver = caller.has_scope(SCOPE_BATCHES_APPROVE);
-    if !approver {
-        auth.require(SCOPE_BATCHES_READ)?;
+    if !approver && !caller.has_scope(SCOPE_BATCHES_READ) {
+        return Err(ApiError::Forbidden(SCOPE_BATCHES_READ));
     }
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
     let batch = batches::get(&state.pool, id).await?.ok_or(ApiError::NotFound)?;
-    // Another client's batch is indistinguishable from none.
     if batch.client_id != caller.client_id && !approver {
         return Err(ApiError::NotFound);
     }
     Ok(batch)
 }
 
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", operation_id = "batches_show", summary = "One batch",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "counts and sums per state and currency", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["batches.read"])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -493,23 +562,10 @@ pub async fn show(
     Ok(json_response(StatusCode::OK, batches::summary_json(&batch, &totals)))
 }
 
-/// The report's columns.
-pub const REPORT_HEADER: &[&str] =
-    &["row", "external_id", "state", "final", "account", "amount", "currency", "provider_reference", "error"];
-
-pub async fn report(
-    State(state): State<AppState>,
-    auth: Authenticated,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let caller = auth.require(SCOPE_BATCHES_READ)?;
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let batch = batches::get(&state.pool, id).await?.ok_or(ApiError::NotFound)?;
-    if batch.client_id != caller.client_id {
-        return Err(ApiError::NotFound);
-    }
+/// The batch's report as CSV, one line per row in file order.
+pub async fn report_csv(state: &AppState, id: Uuid) -> Result<String, ApiError> {
     let lines = batches::report(&state.pool, id).await?;
-    let csv = batch_file::write_csv(
+    Ok(batch_file::write_csv(
         REPORT_HEADER,
         lines.into_iter().map(|l| {
             let fin =
@@ -526,7 +582,30 @@ pub async fn report(
                 l.error.unwrap_or_default(),
             ]
         }),
-    );
+    ))
+}
+
+/// The report's columns.
+pub const REPORT_HEADER: &[&str] =
+    &["row", "external_id", "state", "final", "account", "amount", "currency", "provider_reference", "error"];
+
+#[utoipa::path(get, path = "/v1/batches/{id}/report", tag = "batches", operation_id = "batches_report", summary = "A batch's report (CSV)",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "one CSV line per row", body = String, content_type = "text/csv"), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["batches.read"])),
+)]
+pub async fn report(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = auth.require(SCOPE_BATCHES_READ)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let batch = batches::get(&state.pool, id).await?.ok_or(ApiError::NotFound)?;
+    if batch.client_id != caller.client_id {
+        return Err(ApiError::NotFound);
+    }
+    let csv = report_csv(&state, id).await?;
     let disposition = format!("attachment; filename=\"batch-{id}-report.csv\"");
     let mut response =
         (StatusCode::OK, [(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();
@@ -536,6 +615,11 @@ pub async fn report(
     Ok(response)
 }
 
+#[utoipa::path(post, path = "/v1/batches/{id}/approve", tag = "batches", operation_id = "batches_approve", summary = "Approve a batch (another client)",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "released", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "missing scope, or the uploader's own client"), (status = 404, description = "no such resource (or another client's)"), (status = 409, description = "not awaiting approval")),
+    security(("bearer" = ["batches.approve"])),
+)]
 pub async fn approve(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -570,6 +654,12 @@ pub struct CancelBody {
     pub reason: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", operation_id = "batches_cancel", summary = "Cancel a batch",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason?}"),
+    responses((status = 200, description = "cancelled what had no intent; the rest continues", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)"), (status = 409, description = "every payout is final")),
+    security(("bearer" = ["batches.create"])),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -605,6 +695,11 @@ pub async fn cancel(
     }
 }
 
+#[utoipa::path(get, path = "/v1/reconciliations", tag = "batches", operation_id = "batches_list_reconciliations", summary = "List reconciliation runs",
+    params(("account" = Option<String>, Query), ("limit" = Option<String>, Query)),
+    responses((status = 200, description = "stored reconciliation runs", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["reconciliations.read"])),
+)]
 pub async fn list_reconciliations(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -616,6 +711,11 @@ pub async fn list_reconciliations(
     Ok(json_response(StatusCode::OK, json!({ "reconciliations": list })))
 }
 
+#[utoipa::path(get, path = "/v1/reconciliations/{id}", tag = "batches", operation_id = "batches_show_reconciliation", summary = "One reconciliation run",
+    params(("id" = String, Path), ("format" = Option<String>, Query)),
+    responses((status = 200, description = "one run: summary and items (or CSV with format=csv)", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["reconciliations.read"])),
+)]
 pub async fn show_reconciliation(
     State(state): State<AppState>,
     auth: Authenticated,

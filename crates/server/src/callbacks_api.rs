@@ -34,6 +34,12 @@ const MAX_STORED_FIELD: usize = 256;
 pub const RETRY_BODY: &str = "RETRY";
 
 /// `POST /v1/callbacks/{account}`.
+#[utoipa::path(post, path = "/v1/callbacks/{provider}", tag = "callbacks", operation_id = "callbacks_receive", summary = "A provider's callback",
+    params(("provider" = String, Path)),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "the provider's callback, verified over the exact bytes"),
+    responses((status = 200, description = "stored (or a duplicate); 8B partner: OK"), (status = 400, description = "unverifiable: nothing changes, a status query is scheduled"), (status = 404, description = "unknown provider account"), (status = 413, description = "body over the callback limit"), (status = 503, description = "could not be stored; the provider retries")),
+    security(()),
+)]
 pub async fn receive(
     State(state): State<AppState>,
     Path(provider): Path<String>,
@@ -45,6 +51,12 @@ pub async fn receive(
 
 /// `POST /v1/callbacks/{account}/{*rest}`: 8B REST's `{secret}/{transactionId}`, 88Pay's
 /// capability path.
+#[utoipa::path(post, path = "/v1/callbacks/{provider}/{rest}", tag = "callbacks", operation_id = "callbacks_receive_with_path", summary = "A provider's callback at a capability path",
+    params(("provider" = String, Path), ("rest" = String, Path)),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "the provider's callback (capability URL with a path)"),
+    responses((status = 200, description = "stored (or a duplicate)"), (status = 404, description = "unknown provider account or path"), (status = 503, description = "could not be stored; the provider retries")),
+    security(()),
+)]
 pub async fn receive_with_path(
     State(state): State<AppState>,
     Path((provider, rest)): Path<(String, String)>,

@@ -16,6 +16,10 @@
 //! - [`batches_api`]: mass-payout batches (upload, approve, cancel, summary, report) and
 //!   reconciliation reports (scopes `batches.*`, `reconciliations.read`).
 //!
+//! - [`openapi`]: the OpenAPI 3.1 document of this API, generated from the handlers'
+//!   annotations, at `GET /openapi.json`.
+//! - [`console`]: the operator console, HTML pages at `/console` (not part of the API document).
+//!
 //! Every route is bounded by [`HttpLimits`]: body sizes, a request timeout and a concurrency
 //! limit; a 503 always carries `Retry-After`.
 
@@ -23,8 +27,10 @@ pub mod admin;
 pub mod auth;
 pub mod batches_api;
 pub mod callbacks_api;
+pub mod console;
 pub mod error;
 pub mod health;
+pub mod openapi;
 pub mod operator_api;
 pub mod payouts_api;
 pub mod request;
@@ -112,6 +118,7 @@ pub fn router_with_extra(state: AppState, limits: &HttpLimits, extra: Router<App
         .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests.max(1)))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route(openapi::PATH, get(openapi::serve_document))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.request_timeout))
         .layer(axum::middleware::from_fn(telemetry::trace_request))
         .layer(axum::middleware::map_response(retry_after_on_503))

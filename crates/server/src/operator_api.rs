@@ -252,15 +252,15 @@ async fn payout_answer(state: &AppState, id: Uuid, status: StatusCode) -> Answer
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    state: Option<String>,
-    account: Option<String>,
-    client: Option<String>,
-    external_id: Option<String>,
-    created_from: Option<String>,
-    created_to: Option<String>,
-    batch: Option<String>,
-    cursor: Option<String>,
-    limit: Option<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) account: Option<String>,
+    pub(crate) client: Option<String>,
+    pub(crate) external_id: Option<String>,
+    pub(crate) created_from: Option<String>,
+    pub(crate) created_to: Option<String>,
+    pub(crate) batch: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<String>,
 }
 
 fn time_field(field: &str, text: Option<&str>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
@@ -291,7 +291,7 @@ fn states_field(text: &str, errors: &mut Vec<FieldError>) -> Vec<PayoutState> {
     states
 }
 
-fn filter_of(q: &ListQuery, errors: &mut Vec<FieldError>) -> PayoutFilter {
+pub(crate) fn filter_of(q: &ListQuery, errors: &mut Vec<FieldError>) -> PayoutFilter {
     let nonempty =
         |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
     PayoutFilter {
@@ -311,7 +311,12 @@ fn filter_of(q: &ListQuery, errors: &mut Vec<FieldError>) -> PayoutFilter {
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/operator/payouts", tag = "operator", operation_id = "operator_list", summary = "List every client's payouts",
+    params(("state" = Option<String>, Query), ("account" = Option<String>, Query), ("client" = Option<String>, Query), ("external_id" = Option<String>, Query), ("created_from" = Option<String>, Query), ("created_to" = Option<String>, Query), ("batch" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<String>, Query)),
+    responses((status = 200, description = "{payouts, next_cursor}", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.read"])),
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -359,7 +364,16 @@ async fn list(
     Ok(Json(body).into_response())
 }
 
-async fn show(State(state): State<AppState>, auth: Authenticated, Path(id): Path<String>) -> Answer {
+#[utoipa::path(get, path = "/v1/operator/payouts/{id}", tag = "operator", operation_id = "operator_show", summary = "One payout, operator's view",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the payout with its timeline and retry links", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["operator.read"])),
+)]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<String>,
+) -> Answer {
     auth.require(SCOPE_OPERATOR_READ)?;
     let id = payout_id(&id)?;
     let p = operator_filter::get(&state.pool, id).await?.ok_or(ApiError::NotFound)?;
@@ -384,7 +398,7 @@ struct ResolveBody {
     reason: Option<String>,
 }
 
-fn resolve_to(text: Option<&str>) -> Result<ResolveTo, FieldError> {
+pub(crate) fn resolve_to(text: Option<&str>) -> Result<ResolveTo, FieldError> {
     match text {
         Some("paid") => Ok(ResolveTo::Paid),
         Some("failed") => Ok(ResolveTo::Failed),
@@ -392,7 +406,13 @@ fn resolve_to(text: Option<&str>) -> Result<ResolveTo, FieldError> {
     }
 }
 
-async fn resolve(
+#[utoipa::path(post, path = "/v1/operator/payouts/{id}/resolve", tag = "operator", operation_id = "operator_resolve", summary = "Resolve a needs_review payout",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{to: paid|failed, reason}"),
+    responses((status = 200, description = "the resolved payout", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.act"])),
+)]
+pub(crate) async fn resolve(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -414,7 +434,13 @@ async fn resolve(
     payout_answer(&state, id, StatusCode::OK).await
 }
 
-async fn retry(
+#[utoipa::path(post, path = "/v1/operator/payouts/{id}/retry", tag = "operator", operation_id = "operator_retry", summary = "Retry a payout",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason}"),
+    responses((status = 200, description = "needs_review: the payout runs again", body = serde_json::Value), (status = 201, description = "failed: the new, linked payout", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.act"])),
+)]
+pub(crate) async fn retry(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -432,7 +458,13 @@ async fn retry(
     }
 }
 
-async fn cancel(
+#[utoipa::path(post, path = "/v1/operator/payouts/{id}/cancel", tag = "operator", operation_id = "operator_cancel", summary = "Cancel a payout before its intent",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason}"),
+    responses((status = 200, description = "the cancelled payout", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.act"])),
+)]
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -458,7 +490,13 @@ pub fn interval_of(connectors: &Connectors) -> impl Fn(&str) -> Result<Duration,
     }
 }
 
-async fn status_query(
+#[utoipa::path(post, path = "/v1/operator/payouts/{id}/status-query", tag = "operator", operation_id = "operator_status_query", summary = "Force a status query",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason}"),
+    responses((status = 200, description = "{payout_id, status_query_at}", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.act"])),
+)]
+pub(crate) async fn status_query(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -531,7 +569,12 @@ fn bulk_action(action: Option<&str>, to: Option<&str>, errors: &mut Vec<FieldErr
     Some(action)
 }
 
-async fn bulk(
+#[utoipa::path(post, path = "/v1/operator/payouts/bulk", tag = "operator", operation_id = "operator_bulk", summary = "A bulk action behind a confirmation token",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{action, to?, filter, reason, confirmation_token?}"),
+    responses((status = 200, description = "without a token: the count and a confirmation token; with it: the results", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.act"])),
+)]
+pub(crate) async fn bulk(
     State(state): State<AppState>,
     Extension(config): Extension<Arc<OperatorApi>>,
     auth: Authenticated,
@@ -609,7 +652,11 @@ async fn bulk(
 
 // ---- pauses ---------------------------------------------------------------------------------
 
-async fn pauses(State(state): State<AppState>, auth: Authenticated) -> Answer {
+#[utoipa::path(get, path = "/v1/operator/pauses", tag = "operator", operation_id = "operator_pauses", summary = "Paused accounts",
+    responses((status = 200, description = "paused accounts", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["operator.read"])),
+)]
+pub(crate) async fn pauses(State(state): State<AppState>, auth: Authenticated) -> Answer {
     auth.require(SCOPE_OPERATOR_READ)?;
     let pauses = account_pauses::list(&state.pool).await?;
     Ok(Json(json!({ "pauses": pauses })).into_response())
@@ -624,7 +671,13 @@ fn known_account(state: &AppState, account: &str) -> Result<(), OperatorError> {
     }
 }
 
-async fn pause(
+#[utoipa::path(post, path = "/v1/operator/accounts/{account}/pause", tag = "operator", operation_id = "operator_pause", summary = "Pause an account (or * for all)",
+    params(("account" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason}"),
+    responses((status = 201, description = "the pause", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.admin"])),
+)]
+pub(crate) async fn pause(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(account): Path<String>,
@@ -636,7 +689,13 @@ async fn pause(
     Ok((StatusCode::CREATED, Json(json!({ "pause": pause }))).into_response())
 }
 
-async fn resume(
+#[utoipa::path(post, path = "/v1/operator/accounts/{account}/resume", tag = "operator", operation_id = "operator_resume", summary = "Resume an account",
+    params(("account" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason}"),
+    responses((status = 200, description = "resumed; waiting payouts woken", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.admin"])),
+)]
+pub(crate) async fn resume(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(account): Path<String>,
@@ -649,7 +708,12 @@ async fn resume(
 
 // ---- limits ---------------------------------------------------------------------------------
 
-async fn get_limits(
+#[utoipa::path(get, path = "/v1/operator/clients/{client}/limits", tag = "operator", operation_id = "operator_get_limits", summary = "A client's limits",
+    params(("client" = String, Path)),
+    responses((status = 200, description = "the client's limits", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["operator.read"])),
+)]
+pub(crate) async fn get_limits(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(client): Path<String>,
@@ -711,7 +775,13 @@ fn allow_list(field: &str, list: Option<Vec<String>>, errors: &mut Vec<FieldErro
     Some(list)
 }
 
-async fn put_limits(
+#[utoipa::path(put, path = "/v1/operator/clients/{client}/limits", tag = "operator", operation_id = "operator_put_limits", summary = "Replace a client's limits",
+    params(("client" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{currencies, allowed_destination_codes, allowed_accounts, reason}"),
+    responses((status = 200, description = "the limits now", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.admin"])),
+)]
+pub(crate) async fn put_limits(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(client): Path<String>,
@@ -764,7 +834,13 @@ async fn put_limits(
     Ok(Json(json!({ "client_id": client, "limits": limits })).into_response())
 }
 
-async fn delete_limits(
+#[utoipa::path(delete, path = "/v1/operator/clients/{client}/limits", tag = "operator", operation_id = "operator_delete_limits", summary = "Clear a client's limits",
+    params(("client" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason}"),
+    responses((status = 200, description = "no limits", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.admin"])),
+)]
+pub(crate) async fn delete_limits(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(client): Path<String>,
@@ -779,7 +855,12 @@ async fn delete_limits(
 
 // ---- retention and the log ------------------------------------------------------------------
 
-async fn run_retention(
+#[utoipa::path(post, path = "/v1/operator/retention/run", tag = "operator", operation_id = "operator_run_retention", summary = "Run one retention pass",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{reason}"),
+    responses((status = 200, description = "the pass's report", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 409, description = "refused: the state forbids it (`{\"error\":\"refused\",\"reason\":...}`)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["operator.admin"])),
+)]
+pub(crate) async fn run_retention(
     State(state): State<AppState>,
     Extension(config): Extension<Arc<OperatorApi>>,
     auth: Authenticated,
@@ -794,13 +875,18 @@ async fn run_retention(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     action: Option<String>,
     before: Option<i64>,
     limit: Option<i64>,
 }
 
-async fn events(
+#[utoipa::path(get, path = "/v1/operator/events", tag = "operator", operation_id = "operator_events", summary = "The operator log",
+    params(("action" = Option<String>, Query), ("before" = Option<String>, Query), ("limit" = Option<String>, Query)),
+    responses((status = 200, description = "the operator log", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["operator.read"])),
+)]
+pub(crate) async fn events(
     State(state): State<AppState>,
     auth: Authenticated,
     query: Result<Query<EventsQuery>, QueryRejection>,

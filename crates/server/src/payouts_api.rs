@@ -22,6 +22,12 @@ use crate::{AppState, request};
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+#[utoipa::path(post, path = "/v1/payouts", tag = "payouts", operation_id = "payouts_create", summary = "Enqueue a payout (idempotent)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "the same key with the same body replays the payout; with another body: 409")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "the payout: external_id, amount, currency, account?, destination"),
+    responses((status = 200, description = "the payout, replayed (same Idempotency-Key or external_id and request)", body = serde_json::Value), (status = 201, description = "created", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 409, description = "idempotency key or external_id reused with a different request"), (status = 422, description = "validation failed, naming each field"), (status = 503, description = "database unavailable; retry with the same Idempotency-Key")),
+    security(("bearer" = ["payouts.create"])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -89,6 +95,11 @@ pub async fn create(
     }
 }
 
+#[utoipa::path(get, path = "/v1/payouts/{id}", tag = "payouts", operation_id = "payouts_show", summary = "A payout of the caller's client",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the payout with its timeline", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["payouts.read"])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     auth: Authenticated,

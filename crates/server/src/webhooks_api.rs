@@ -178,7 +178,12 @@ fn with_secret(created: EndpointWithSecret) -> Value {
     v
 }
 
-async fn create(
+#[utoipa::path(post, path = "/v1/webhooks/endpoints", tag = "webhooks", operation_id = "webhooks_create", summary = "Create a webhook endpoint",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{url, event_types, description?}"),
+    responses((status = 201, description = "the endpoint and its secret, shown once", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn create(
     State(state): State<AppState>,
     Extension(config): Extension<Arc<WebhooksApi>>,
     auth: Authenticated,
@@ -198,13 +203,22 @@ async fn create(
     Ok((StatusCode::CREATED, Json(with_secret(created))).into_response())
 }
 
-async fn list(State(state): State<AppState>, auth: Authenticated) -> Result<Json<Value>> {
+#[utoipa::path(get, path = "/v1/webhooks/endpoints", tag = "webhooks", operation_id = "webhooks_list", summary = "List webhook endpoints",
+    responses((status = 200, description = "the client's endpoints (never a secret)", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn list(State(state): State<AppState>, auth: Authenticated) -> Result<Json<Value>> {
     let caller = auth.require(SCOPE_WEBHOOKS)?;
     let endpoints = webhooks::list_endpoints(&state.pool, Some(&caller.client_id)).await?;
     Ok(Json(json!({ "endpoints": endpoints })))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/v1/webhooks/endpoints/{id}", tag = "webhooks", operation_id = "webhooks_show", summary = "One webhook endpoint",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "one endpoint with its failure state", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn show(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -216,7 +230,12 @@ async fn show(
     Ok(Json(endpoint))
 }
 
-async fn delete(
+#[utoipa::path(delete, path = "/v1/webhooks/endpoints/{id}", tag = "webhooks", operation_id = "webhooks_delete", summary = "Delete a webhook endpoint",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "deleted; pending deliveries cancelled", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn delete(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -235,7 +254,13 @@ struct RotateBody {
     overlap_secs: Option<u64>,
 }
 
-async fn rotate(
+#[utoipa::path(post, path = "/v1/webhooks/endpoints/{id}/rotate-secret", tag = "webhooks", operation_id = "webhooks_rotate", summary = "Rotate an endpoint's secret",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{overlap_secs?}"),
+    responses((status = 200, description = "the new secret, shown once", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn rotate(
     State(state): State<AppState>,
     Extension(config): Extension<Arc<WebhooksApi>>,
     auth: Authenticated,
@@ -260,7 +285,12 @@ async fn rotate(
     Ok(Json(with_secret(rotated)))
 }
 
-async fn enable(
+#[utoipa::path(post, path = "/v1/webhooks/endpoints/{id}/enable", tag = "webhooks", operation_id = "webhooks_enable", summary = "Enable a disabled endpoint",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "enabled again", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn enable(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -276,12 +306,17 @@ async fn enable(
 }
 
 #[derive(Debug, Deserialize)]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     payout_id: Option<Uuid>,
     limit: Option<i64>,
 }
 
-async fn list_events(
+#[utoipa::path(get, path = "/v1/webhooks/events", tag = "webhooks", operation_id = "webhooks_list_events", summary = "List webhook events",
+    params(("payout_id" = Option<String>, Query), ("limit" = Option<String>, Query)),
+    responses((status = 200, description = "events, newest first", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn list_events(
     State(state): State<AppState>,
     auth: Authenticated,
     Query(q): Query<EventsQuery>,
@@ -292,7 +327,12 @@ async fn list_events(
     Ok(Json(json!({ "events": events })))
 }
 
-async fn show_event(
+#[utoipa::path(get, path = "/v1/webhooks/events/{id}", tag = "webhooks", operation_id = "webhooks_show_event", summary = "One webhook event",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "one event with its delivery log", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn show_event(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -312,7 +352,13 @@ struct RedeliverEventBody {
     endpoint_id: Option<Uuid>,
 }
 
-async fn redeliver_event(
+#[utoipa::path(post, path = "/v1/webhooks/events/{id}/redeliver", tag = "webhooks", operation_id = "webhooks_redeliver_event", summary = "Redeliver one event",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{endpoint_id?}"),
+    responses((status = 202, description = "scheduled", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 404, description = "no such resource (or another client's)")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn redeliver_event(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<String>,
@@ -335,7 +381,12 @@ struct RedeliverRangeBody {
     endpoint_id: Option<Uuid>,
 }
 
-async fn redeliver_range(
+#[utoipa::path(post, path = "/v1/webhooks/redeliver", tag = "webhooks", operation_id = "webhooks_redeliver_range", summary = "Redeliver the events of a time range",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{from, to, endpoint_id?}"),
+    responses((status = 202, description = "scheduled", body = serde_json::Value), (status = 401, description = "no, unknown, revoked or expired bearer token"), (status = 403, description = "the token lacks the scope"), (status = 422, description = "validation failed, naming each field")),
+    security(("bearer" = ["webhooks.manage"])),
+)]
+pub(crate) async fn redeliver_range(
     State(state): State<AppState>,
     auth: Authenticated,
     body: Bytes,

@@ -892,3 +892,17 @@ pub async fn open_figures(pool: &PgPool) -> Result<OpenBatchFigures, StoreError>
     .await?;
     Ok(OpenBatchFigures { by_state, open_payouts })
 }
+
+/// Batches of every client that wait for a second person's approval, oldest first: what an
+/// approver (scope `batches.approve`) has to look at.
+pub async fn awaiting_approval(pool: &PgPool, limit: i64) -> Result<Vec<Batch>, StoreError> {
+    let raws: Vec<RawBatch> = sqlx::query_as(concat!(
+        "SELECT ",
+        batch_columns!(),
+        " FROM batches WHERE state = 'awaiting_approval' ORDER BY created_at LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    raws.into_iter().map(Batch::try_from).collect()
+}

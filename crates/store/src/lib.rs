@@ -5,6 +5,7 @@
 //! - [`payouts`]: inserting (idempotently) and reading payouts and their timelines.
 //! - [`callbacks`]: storing and applying provider callbacks in one transaction.
 //! - [`api_tokens`]: payoutd's own client tokens, stored hashed.
+//! - [`console_sessions`]: operator console sign-ins (only hashes of the session ids).
 //! - [`credentials`]: provider tokens shared by the fleet, sealed, refreshed one at a time.
 //! - [`provider_notifications`]: unsigned webhooks naming a provider id no payout carries yet.
 //! - [`rate_limits`]: the per-provider call budget shared by all workers.
@@ -30,6 +31,7 @@ pub mod api_tokens;
 pub mod batches;
 pub mod callbacks;
 pub mod client_limits;
+pub mod console_sessions;
 pub mod credentials;
 mod error;
 pub mod health;

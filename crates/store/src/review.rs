@@ -96,3 +96,20 @@ pub async fn resolve(
     crate::telemetry::transition(PayoutState::NeedsReview, to, actor);
     Ok(to)
 }
+
+/// Why each of `ids` was parked: the reason of its latest event into needs_review (one query
+/// for a whole page of the review queue). Payouts without such an event are left out.
+pub async fn park_reasons(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, StoreError> {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (payout_id) payout_id, reason FROM payout_events
+          WHERE payout_id = ANY($1) AND to_state = 'needs_review'
+          ORDER BY payout_id, id DESC",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
