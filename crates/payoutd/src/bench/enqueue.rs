@@ -41,7 +41,8 @@ pub async fn run(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow::Result<R
     let total = args.enqueue_requests;
     let next = Arc::new(AtomicU64::new(0));
 
-    let before = meter::snapshot(&db.pool).await?;
+    let pg = meter::PgCpu::start(&db.name);
+    let before = meter::snapshot(&db.pool, &pg).await?;
     let started = Instant::now();
     let mut clients = JoinSet::new();
     for _ in 0..CLIENTS {
@@ -69,7 +70,7 @@ pub async fn run(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow::Result<R
         latencies.extend(r.context("an enqueue client")??);
     }
     let took = started.elapsed();
-    let after = meter::snapshot(&db.pool).await?;
+    let after = meter::snapshot(&db.pool, &pg).await?;
     let mut cost = before.to(&after);
     cost.elapsed = took;
     api.stop().await;

@@ -13,7 +13,9 @@ use payoutd_store::PgPool;
 pub struct Snapshot {
     at: Instant,
     own_ticks: u64,
-    pg_ticks: HashMap<i32, u64>,
+    /// CPU ticks of the Postgres processes serving the database, summed over every process
+    /// seen since the meter started (one that exited keeps its last reading).
+    pg_ticks: u64,
     xacts: i64,
     wal_lsn: i64,
     rate_limit_writes: i64,
@@ -71,24 +73,98 @@ fn ticks_to_duration(ticks: u64) -> Duration {
     Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
 }
 
-/// The Postgres processes that work for the bench database: its backends (autovacuum
-/// included) and the server's auxiliary processes (WAL writer, checkpointer, ...), which have
-/// no database. Readable only when Postgres runs on this machine.
-async fn pg_ticks(pool: &PgPool) -> anyhow::Result<HashMap<i32, u64>> {
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() OR datname IS NULL",
-    )
-    .fetch_all(pool)
-    .await
-    .context("listing the Postgres processes")?;
-    Ok(pids.into_iter().filter_map(|p| process_ticks(&p.to_string()).map(|t| (p, t))).collect())
+/// The Postgres processes that work for `database`: its backends (their command line names
+/// the database) and the server's WAL writer, checkpointer and background writer. Found in
+/// /proc, so only when Postgres runs on this machine.
+fn pg_processes(database: &str) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let needle = format!(" {database} ");
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if !cmdline.starts_with("postgres: ") {
+                return None;
+            }
+            let aux = ["walwriter", "checkpointer", "background writer"]
+                .iter()
+                .any(|a| cmdline.trim_end().ends_with(a));
+            if !(aux || cmdline.contains(&needle)) {
+                return None;
+            }
+            Some((pid, process_ticks(&pid.to_string())?))
+        })
+        .collect()
 }
 
-pub async fn snapshot(pool: &PgPool) -> anyhow::Result<Snapshot> {
+/// Follows the Postgres processes of one database from start to stop, sampling /proc a few
+/// times a second, so that backends which exit during a figure (a pool closed with its
+/// worker) still count with their last reading.
+pub struct PgCpu {
+    /// Per process: ticks when first seen (0 for processes born after the start) and last seen.
+    seen: std::sync::Arc<std::sync::Mutex<HashMap<u32, (u64, u64)>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl PgCpu {
+    pub fn start(database: &str) -> Self {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        {
+            let mut map = seen.lock().unwrap_or_else(|p| p.into_inner());
+            for (pid, t) in pg_processes(database) {
+                map.insert(pid, (t, t));
+            }
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (map, until, database) = (seen.clone(), stop.clone(), database.to_owned());
+        tokio::spawn(async move {
+            while !until.is_cancelled() {
+                let found = tokio::task::spawn_blocking({
+                    let database = database.clone();
+                    move || pg_processes(&database)
+                })
+                .await
+                .unwrap_or_default();
+                {
+                    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                    for (pid, t) in found {
+                        map.entry(pid).or_insert((0, 0)).1 = t;
+                    }
+                }
+                tokio::select! {
+                    _ = until.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        });
+        Self { seen, stop }
+    }
+
+    /// Ticks used since the start.
+    fn ticks(&self, database: &str) -> u64 {
+        let mut map = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (pid, t) in pg_processes(database) {
+            map.entry(pid).or_insert((0, 0)).1 = t;
+        }
+        map.values().map(|(first, last)| last.saturating_sub(*first)).sum()
+    }
+}
+
+impl Drop for PgCpu {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Reads the counters. `pg` follows the database's Postgres processes.
+pub async fn snapshot(pool: &PgPool, pg: &PgCpu) -> anyhow::Result<Snapshot> {
     // Backends report their statistics at most once a second (and when idle): wait for them.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (xacts, wal_lsn, rate_limit_writes): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()),
+    let (database, xacts, wal_lsn, rate_limit_writes): (String, i64, i64, i64) = sqlx::query_as(
+        "SELECT current_database()::text,
+                (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()),
                 (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8,
                 COALESCE((SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables
                            WHERE relname = 'provider_rate_limits'), 0)",
@@ -99,7 +175,7 @@ pub async fn snapshot(pool: &PgPool) -> anyhow::Result<Snapshot> {
     Ok(Snapshot {
         at: Instant::now(),
         own_ticks: process_ticks("self").unwrap_or(0),
-        pg_ticks: pg_ticks(pool).await?,
+        pg_ticks: pg.ticks(&database),
         xacts,
         wal_lsn,
         rate_limit_writes,
@@ -110,15 +186,10 @@ impl Snapshot {
     /// The cost from `self` to `later`. `elapsed` is the caller's to set when the work took less
     /// than the span between the snapshots.
     pub fn to(&self, later: &Snapshot) -> Cost {
-        let pg: u64 = later
-            .pg_ticks
-            .iter()
-            .map(|(pid, t)| t.saturating_sub(self.pg_ticks.get(pid).copied().unwrap_or(0)))
-            .sum();
         Cost {
             elapsed: later.at - self.at,
             own_cpu: ticks_to_duration(later.own_ticks.saturating_sub(self.own_ticks)),
-            pg_cpu: ticks_to_duration(pg),
+            pg_cpu: ticks_to_duration(later.pg_ticks.saturating_sub(self.pg_ticks)),
             // The snapshot's own query is one transaction.
             xacts: (later.xacts - self.xacts - 1).max(0),
             wal_bytes: later.wal_lsn - self.wal_lsn,

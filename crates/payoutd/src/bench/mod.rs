@@ -100,6 +100,7 @@ pub async fn run(config: &crate::config::Config, args: BenchArgs) -> anyhow::Res
 
 async fn run_on(admin: &sqlx::postgres::PgConnectOptions, args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let load_before = load_average();
     database::check_reachable(admin, database::STARTUP_CONNECT_TIMEOUT).await?;
     let cap_db = setup::BenchDb::create(admin, "capacity").await?;
     let capacity_secs = Duration::from_secs(args.capacity_secs.max(1));
@@ -131,8 +132,21 @@ async fn run_on(admin: &sqlx::postgres::PgConnectOptions, args: &BenchArgs) -> a
     rows.sort_by_key(|(f, _)| *f);
     let capacity = (first + second) / 2.0;
     print_table(args, capacity, first, second, &rows);
+    println!(
+        "load average (1 min) {load_before} at the start, {} at the end: other work on the machine skews the \
+         absolute figures; compare ratios",
+        load_average()
+    );
     eprintln!("bench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The 1-minute load average, as /proc/loadavg gives it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn print_table(args: &BenchArgs, capacity: f64, first: f64, second: f64, rows: &[(u8, Row)]) {

@@ -38,7 +38,8 @@ async fn drain(
     let payouts = args.payouts;
     let configs =
         (0..args.workers).map(|n| setup::engine(n, args.concurrency, args.calls_per_second)).collect();
-    let before = meter::snapshot(&db.pool).await?;
+    let pg = meter::PgCpu::start(&db.name);
+    let before = meter::snapshot(&db.pool, &pg).await?;
     let events_before: i64 =
         sqlx::query_scalar("SELECT count(*) FROM payout_events").fetch_one(&db.pool).await?;
     let started = Instant::now();
@@ -46,7 +47,7 @@ async fn drain(
     let finished = setup::drain(&db.pool, args.drain_limit()).await?;
     let took = started.elapsed();
     workers.stop().await;
-    let after = meter::snapshot(&db.pool).await?;
+    let after = meter::snapshot(&db.pool, &pg).await?;
     let mut cost = before.to(&after);
     cost.elapsed = took;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM payout_events").fetch_one(&db.pool).await?;
@@ -110,11 +111,11 @@ pub async fn end_to_end(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow::R
         figure: "1 end to end, zero-latency sandbox",
         result: format!(
             "{:.0} payouts/s; to final p50 {:.0} ms p99 {:.0} ms",
-            d.payouts as f64 / d.took.as_secs_f64(),
+            d.rate(),
             d.p50 * 1000.0,
             d.p99 * 1000.0
         ),
-        rate: Some(d.payouts as f64 / d.took.as_secs_f64()),
+        rate: Some(d.rate()),
         ratio: None,
         per: Some(d.cost.per(d.payouts)),
         notes,
@@ -143,15 +144,22 @@ pub async fn engine_floor(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow:
         figure: "3 engine floor, instant connector",
         result: format!(
             "{:.0} payouts/s; to final p50 {:.0} ms p99 {:.0} ms",
-            d.payouts as f64 / secs,
+            d.rate(),
             d.p50 * 1000.0,
             d.p99 * 1000.0
         ),
-        rate: Some(d.payouts as f64 / secs),
+        rate: Some(d.rate()),
         ratio: None,
         per: Some(d.cost.per(d.payouts)),
         notes,
     })
+}
+
+impl Drain {
+    /// Payouts finished per second (all of them, unless the time limit cut the run short).
+    fn rate(&self) -> f64 {
+        (self.payouts as i64 - self.unfinished).max(0) as f64 / self.took.as_secs_f64()
+    }
 }
 
 fn problems(d: &Drain) -> String {

@@ -17,7 +17,7 @@ pub struct BenchDb {
     pub pool: PgPool,
     pub options: PgConnectOptions,
     admin: PgConnectOptions,
-    name: String,
+    pub name: String,
 }
 
 impl BenchDb {
