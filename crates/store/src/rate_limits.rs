@@ -89,19 +89,26 @@ pub async fn acquire_block(
     per_second: u32,
     want: u32,
 ) -> Result<Block, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO provider_rate_limits (provider, calls) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-        .bind(provider)
-        .execute(&mut *tx)
-        .await?;
-    let BudgetRow { calls, window_start, paused_until, window, now }: BudgetRow = sqlx::query_as(
+    const READ: &str =
         "SELECT calls, window_start, paused_until, date_trunc('second', clock_timestamp()) AS window,
                 clock_timestamp() AS now
-           FROM provider_rate_limits WHERE provider = $1 FOR UPDATE",
-    )
-    .bind(provider)
-    .fetch_one(&mut *tx)
-    .await?;
+           FROM provider_rate_limits WHERE provider = $1 FOR UPDATE";
+    let mut tx = pool.begin().await?;
+    let row: Option<BudgetRow> = sqlx::query_as(READ).bind(provider).fetch_optional(&mut *tx).await?;
+    let row = match row {
+        Some(row) => row,
+        // The provider's first call ever: create its row, then lock it like any other.
+        None => {
+            sqlx::query(
+                "INSERT INTO provider_rate_limits (provider, calls) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+            )
+            .bind(provider)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query_as(READ).bind(provider).fetch_one(&mut *tx).await?
+        }
+    };
+    let BudgetRow { calls, window_start, paused_until, window, now } = row;
     let window_left = (window + chrono::Duration::seconds(1) - now).to_std().unwrap_or_default();
     if let Some(until) = paused_until
         && until > now
