@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use payoutd_core::PayoutState;
+use payoutd_engine::rate_limit::RateLimiter;
+use payoutd_engine::references::References;
 use payoutd_engine::steps::{self, StepContext};
 use payoutd_engine::{Clock, EngineConfig, Worker};
 use payoutd_providers::eightb_partner::EightBPartner;
@@ -185,7 +187,10 @@ fn ctx<'a>(
     connector: &'a dyn Connector,
     actor: &'a str,
 ) -> StepContext<'a> {
-    StepContext { pool, config: engine, connector, actor }
+    // A limiter of its own for each context, as each worker has.
+    let limiter: &'a RateLimiter = Box::leak(Box::new(RateLimiter::new()));
+    let references: &'a References = Box::leak(Box::new(References::new()));
+    StepContext { pool, config: engine, connector, actor, limiter, references }
 }
 
 /// Drives a payout with the engine's own steps until it reaches `until` (under one lease).

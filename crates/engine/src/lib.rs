@@ -8,7 +8,9 @@
 //! - [`clock`]: the worker's wall clock (never used for due times).
 //! - [`steps`]: what each state's step does: the provider calls it needs, and the transition to
 //!   write. Connectors return typed outcomes; only the engine turns them into moves.
-//! - [`rate_limit`]: the shared per-provider call budget, applied before every provider call.
+//! - [`rate_limit`]: the shared per-provider call budget, applied before every provider call,
+//!   taken from the shared row in blocks per worker (its module docs state the tolerance).
+//! - [`references`]: our provider references, reserved in blocks per worker.
 //! - [`reconciliation`]: one reconciliation run (provider registry vs our payouts), stored.
 //! - [`retention_timer`]: runs the retention pass (masking old destination details, pruning
 //!   old callback bodies) once per period across the fleet.
@@ -27,6 +29,7 @@ pub mod gauges;
 pub mod heartbeat;
 pub mod rate_limit;
 pub mod reconciliation;
+pub mod references;
 pub mod restore_check;
 pub mod retention_timer;
 pub mod statement_reconciliation;

@@ -39,7 +39,8 @@ use payoutd_store::transitions::{self, AfterWrite, NextRun, ResubmitGate, Status
 use payoutd_store::{PayoutRow, PgPool, StoreError};
 use payoutd_store::{account_pauses, provider_notifications};
 
-use crate::rate_limit;
+use crate::rate_limit::RateLimiter;
+use crate::references::References;
 use crate::{EngineConfig, EngineError};
 
 use PayoutState::*;
@@ -51,6 +52,10 @@ pub struct StepContext<'a> {
     pub connector: &'a dyn Connector,
     /// "worker:<id>", written into events.
     pub actor: &'a str,
+    /// This worker's share of the providers' call budgets.
+    pub limiter: &'a RateLimiter,
+    /// This worker's block of provider references.
+    pub references: &'a References,
 }
 
 /// Runs the step of `row`'s current state.
@@ -115,7 +120,7 @@ async fn record_intent(ctx: &StepContext<'_>, row: &PayoutRow) -> Result<Transit
         let wait = pause_recheck(ctx, hold.held_for);
         return Ok(not_yet(ctx, row, NextRun::After(wait), &hold.why));
     }
-    let reference = transitions::allocate_reference(ctx.pool).await?;
+    let reference = ctx.references.next(ctx.pool).await?;
     let payout = PayoutForProvider { money: row.money, destination: row.destination.clone() };
     let frozen = ctx.connector.freeze_submit(&payout, &reference, ctx.config.clock.now());
     let body = serde_json::to_value(&frozen).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -209,7 +214,7 @@ async fn send_submit(
         SubmitOutcome::NotSent { reason, retry_after } => {
             let retry_after = capped(ctx, retry_after);
             if retry_after.is_some() {
-                rate_limit::provider_said_slow_down(ctx.pool, ctx.connector.name(), retry_after).await?;
+                ctx.limiter.provider_said_slow_down(ctx.pool, ctx.connector.name(), retry_after).await?;
             }
             if ctx.config.call_retry.exhausted(row.attempt) {
                 park(
@@ -595,7 +600,7 @@ async fn permit(ctx: &StepContext<'_>) -> Result<Option<Duration>, EngineError> 
         .get(name)
         .copied()
         .unwrap_or(ctx.config.provider_calls_per_second);
-    Ok(rate_limit::permit(ctx.pool, name, per_second).await?)
+    Ok(ctx.limiter.permit(ctx.pool, name, per_second).await?)
 }
 
 /// A provider's Retry-After, capped at `max_retry_after` (DESIGN rule 13): one answer must not
@@ -624,7 +629,7 @@ async fn slow_down_if_asked(
 ) -> Result<Option<Duration>, EngineError> {
     let retry_after = capped(ctx, e.retry_after());
     if let ProviderError::RateLimited { .. } = e {
-        rate_limit::provider_said_slow_down(ctx.pool, ctx.connector.name(), retry_after).await?;
+        ctx.limiter.provider_said_slow_down(ctx.pool, ctx.connector.name(), retry_after).await?;
     }
     Ok(retry_after)
 }

@@ -16,13 +16,15 @@ use chrono::Utc;
 use opentelemetry::KeyValue;
 use payoutd_store::queue::{self, Lease};
 use payoutd_store::transitions::{self, AfterWrite, StepFailure};
-use payoutd_store::{PayoutRow, PgPool, StoreError, payouts};
+use payoutd_store::{PayoutRow, PgPool, StoreError};
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::rate_limit::RateLimiter;
+use crate::references::References;
 use crate::steps::{self, StepContext};
 use crate::telemetry::{INSTRUMENTS, Pulse};
 use crate::{ConfigError, Connectors, EngineConfig, EngineError, heartbeat, wakeup};
@@ -72,6 +74,10 @@ pub struct Worker {
     counters: Arc<WorkerCounters>,
     wake: Arc<Notify>,
     pulse: Arc<Pulse>,
+    /// The worker's share of the providers' call budgets, taken in blocks.
+    limiter: Arc<RateLimiter>,
+    /// The worker's block of provider references.
+    references: Arc<References>,
 }
 
 impl Worker {
@@ -90,6 +96,8 @@ impl Worker {
             counters: Arc::default(),
             wake: Arc::new(Notify::new()),
             pulse: Arc::default(),
+            limiter: Arc::default(),
+            references: Arc::default(),
         })
     }
 
@@ -111,6 +119,8 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let mut tasks = JoinSet::new();
         tracing::info!(worker = %self.config.worker_id, concurrency = self.config.concurrency, "worker started");
+        // Whether this worker's idle mark is set (enqueues wake it only then).
+        let mut marked_idle = false;
 
         while !shutdown.is_cancelled() {
             self.pulse.beat();
@@ -124,6 +134,12 @@ impl Worker {
                 {
                     Ok(batch) => {
                         claimed = batch.ready.len() + batch.undecodable.len();
+                        if claimed > 0 && marked_idle {
+                            marked_idle = false;
+                            if let Err(e) = queue::busy_again(&self.pool, &self.config.worker_id).await {
+                                tracing::warn!(error = %e, "could not clear the idle mark");
+                            }
+                        }
                         for (lease, error) in batch.undecodable {
                             self.counters.claimed.fetch_add(1, Ordering::Relaxed);
                             let reason = format!("the payout row does not decode: {error}");
@@ -139,6 +155,8 @@ impl Worker {
                                 config: self.config.clone(),
                                 counters: self.counters.clone(),
                                 shutdown: shutdown.clone(),
+                                limiter: self.limiter.clone(),
+                                references: self.references.clone(),
                             };
                             tasks.spawn(async move {
                                 job.run(row, lease).await;
@@ -156,7 +174,12 @@ impl Worker {
                 continue; // probably more due work
             }
             // With every slot busy only a finishing task matters: skip the next-due query.
-            let sleep = if free == 0 { self.config.idle_poll } else { self.idle_sleep().await };
+            let sleep = if free == 0 {
+                self.config.idle_poll
+            } else {
+                marked_idle = true;
+                self.idle_sleep().await
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
@@ -167,6 +190,9 @@ impl Worker {
 
         // Not ready from here on: a draining worker takes no new work.
         self.pulse.stop();
+        if marked_idle {
+            let _ = queue::busy_again(&self.pool, &self.config.worker_id).await;
+        }
         tracing::info!(in_flight = tasks.len(), "worker stopping: finishing in-flight steps");
         let drained = tokio::time::timeout(self.config.shutdown_grace, async {
             while tasks.join_next().await.is_some() {}
@@ -184,9 +210,10 @@ impl Worker {
         report
     }
 
-    /// How long to sleep when idle: until the next due payout, at most the fallback poll.
+    /// How long to sleep when idle: until the next due payout, at most the fallback poll. Marks
+    /// the worker idle on the way, so that the next enqueue wakes it.
     async fn idle_sleep(&self) -> Duration {
-        match queue::next_due_at(&self.pool).await {
+        match queue::going_idle(&self.pool, &self.config.worker_id).await {
             Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(self.config.idle_poll),
             _ => self.config.idle_poll,
         }
@@ -229,6 +256,8 @@ struct Job {
     config: Arc<EngineConfig>,
     counters: Arc<WorkerCounters>,
     shutdown: CancellationToken,
+    limiter: Arc<RateLimiter>,
+    references: Arc<References>,
 }
 
 impl Job {
@@ -252,21 +281,19 @@ impl Job {
             record_step(&span, &row, &result, started.elapsed());
             self.counters.steps.fetch_add(1, Ordering::Relaxed);
             match result {
-                Ok(AfterWrite::Continue) if self.shutdown.is_cancelled() => {
+                Ok((AfterWrite::Continue, _)) if self.shutdown.is_cancelled() => {
                     if queue::release(&self.pool, &lease).await.is_ok() {
                         self.counters.released_on_shutdown.fetch_add(1, Ordering::Relaxed);
                     }
                     break;
                 }
-                Ok(AfterWrite::Continue) => match payouts::get(&self.pool, row.id).await {
-                    Ok(Some(next)) => row = next,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(payout_id = %row.id, error = %e, "reload failed; lease will expire");
-                        break;
-                    }
-                },
-                Ok(AfterWrite::Release) => break,
+                // The write read the payout back: the next step starts from what it left.
+                Ok((AfterWrite::Continue, Some(next))) => row = *next,
+                Ok((AfterWrite::Continue, None)) => {
+                    tracing::warn!(payout_id = %row.id, "the payout does not decode after its write; lease will expire");
+                    break;
+                }
+                Ok((AfterWrite::Release, _)) => break,
                 Err(EngineError::Store(StoreError::LeaseLost(id))) => {
                     self.counters.leases_lost.fetch_add(1, Ordering::Relaxed);
                     INSTRUMENTS.leases_lost.add(1, &[]);
@@ -288,7 +315,13 @@ impl Job {
         drop(beat);
     }
 
-    async fn step(&self, row: &PayoutRow, lease: &Lease) -> Result<AfterWrite, EngineError> {
+    /// Runs one step and writes its transition; gives back what to do next and the payout as
+    /// the write left it.
+    async fn step(
+        &self,
+        row: &PayoutRow,
+        lease: &Lease,
+    ) -> Result<(AfterWrite, Option<Box<PayoutRow>>), EngineError> {
         let connector = self
             .connectors
             .get(&row.provider)
@@ -299,13 +332,16 @@ impl Job {
             config: &self.config,
             connector: connector.as_ref(),
             actor: &actor,
+            limiter: &self.limiter,
+            references: &self.references,
         };
         let transition = steps::run(&ctx, row, lease).await?;
-        transitions::apply(&self.pool, lease, &transition).await?;
+        let written = transitions::apply_and_read(&self.pool, lease, &transition).await?;
         if transition.to != row.state {
             tracing::info!(from = %row.state, to = %transition.to, reason = %transition.reason, "transition");
         }
-        Ok(if transition.to.is_active() { transition.after } else { AfterWrite::Release })
+        let after = if transition.to.is_active() { transition.after } else { AfterWrite::Release };
+        Ok((after, written.map(Box::new)))
     }
 }
 
@@ -338,7 +374,7 @@ fn step_span(row: &PayoutRow, lease: &Lease) -> tracing::Span {
 fn record_step(
     span: &tracing::Span,
     row: &PayoutRow,
-    result: &Result<AfterWrite, EngineError>,
+    result: &Result<(AfterWrite, Option<Box<PayoutRow>>), EngineError>,
     took: Duration,
 ) {
     let outcome = match result {

@@ -83,6 +83,9 @@ enum Command {
     Sandbox(SandboxArgs),
     /// Sandbox + workers + a few thousand payouts with faults on, then a summary.
     Demo(demo::DemoArgs),
+    /// Throughput, latency and cost figures of the money path on this machine (a database of
+    /// its own, created and dropped), with the machine's commit capacity for comparison.
+    Bench(crate::bench::BenchArgs),
     /// payoutd's private Postgres cluster (the one `--embedded-postgres` and the demo use).
     Postgres {
         #[command(subcommand)]
@@ -171,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let quiet = matches!(
         cli.command,
         Command::Demo(_)
+            | Command::Bench(_)
             | Command::Show { .. }
             | Command::Token { .. }
             | Command::Postgres { .. }
@@ -230,6 +234,7 @@ pub async fn execute(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Batches(commands) => crate::batch_cli::run(&config, commands).await,
         Command::Sandbox(args) => sandbox(args).await,
         Command::Demo(args) => demo::run(&config, args).await,
+        Command::Bench(args) => crate::bench::run(&config, args).await,
         Command::Postgres { command } => postgres(&config, command).await,
         Command::Operator(command) => crate::operator_cli::run(&config, command).await,
         Command::Restore { command } => crate::restore_cli::run(&config, command).await,

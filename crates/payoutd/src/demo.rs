@@ -159,15 +159,18 @@ async fn run_on(options: PgConnectOptions, args: DemoArgs) -> anyhow::Result<()>
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let deadline = Instant::now() + Duration::from_secs(120);
-    let summary = loop {
-        let s = stats::summary(&pool).await?;
-        bar.set_position((s.total - s.open) as u64);
-        bar.set_message(format!("paid {} failed {} review {}", s.paid, s.failed, s.needs_review));
-        if s.open == 0 || Instant::now() > deadline {
-            break s;
+    // Progress from the index of open payouts only; the whole-table summary runs once, at the end.
+    loop {
+        let open = stats::open_by_state(&pool).await?;
+        let left: i64 = open.iter().map(|(_, n)| n).sum();
+        bar.set_position((args.payouts as u64).saturating_sub(left as u64));
+        bar.set_message(open.iter().map(|(state, n)| format!("{state} {n}")).collect::<Vec<_>>().join("  "));
+        if left == 0 || Instant::now() > deadline {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+    let summary = stats::summary(&pool).await?;
     bar.finish();
     let run_secs = enqueue_started.elapsed().as_secs_f64();
 

@@ -7,6 +7,7 @@
 //! - [`database`]: picks DATABASE_URL or the private cluster, connects, migrates.
 //! - [`app`]: builds connectors and runs the API and worker until a signal.
 //! - [`demo`]: the end-to-end demonstration.
+//! - [`bench`]: `payoutd bench`, the throughput and cost figures of the money path.
 //! - [`webhooks`]: the `[webhooks]` settings and the `payoutd webhook ...` commands.
 //! - [`batch_cli`]: the `[batches]` settings, `payoutd batch ...` (over the API) and
 //!   `payoutd reconcile`.
@@ -16,6 +17,7 @@
 pub mod accounts;
 pub mod app;
 pub mod batch_cli;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod database;

@@ -38,7 +38,7 @@ pub enum EnqueueResult {
     },
 }
 
-/// Stores a new payout with its first event and wakes the workers, all in one transaction.
+/// Stores a new payout with its first event and wakes a waiting worker, all in one transaction.
 ///
 /// A client's payout is identified twice: by its idempotency key and by its external_id (both
 /// unique per client in the schema). When either is taken, nothing is inserted and the
@@ -88,7 +88,7 @@ pub(crate) async fn enqueue_in(
         return existing(pool, e).await;
     };
     insert_event(&mut tx, id, None, PayoutState::Pending, "api", "payout accepted", None, None).await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+    sqlx::query(crate::queue::WAKE_IF_IDLE).bind(WAKE_CHANNEL).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(EnqueueResult::Created(PayoutRow::try_from(raw)?))
 }

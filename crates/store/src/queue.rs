@@ -142,6 +142,39 @@ pub async fn next_due_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, StoreEr
     Ok(at)
 }
 
+/// Marks `owner` as waiting for work, so that the next enqueue wakes it (see
+/// [`WAKE_IF_IDLE`]), and says when the next unleased payout becomes due, so that it can
+/// sleep exactly that long. One round trip for both.
+pub async fn going_idle(pool: &PgPool, owner: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "WITH mark AS (
+             INSERT INTO idle_workers (worker_id, since) VALUES ($1, now())
+             ON CONFLICT (worker_id) DO UPDATE SET since = now())
+         SELECT next_run_at FROM payouts
+          WHERE next_run_at IS NOT NULL AND lease_expires_at IS NULL
+          ORDER BY next_run_at LIMIT 1",
+    )
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(at)
+}
+
+/// Clears `owner`'s idle mark: it is taking work again (or stopping), and enqueues need not
+/// wake it.
+pub async fn busy_again(pool: &PgPool, owner: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM idle_workers WHERE worker_id = $1").bind(owner).execute(pool).await?;
+    Ok(())
+}
+
+/// Wakes listening workers only when one of them is waiting for work: a NOTIFY serializes the
+/// commits of all notifying transactions, so busy workers (which claim again as soon as a slot
+/// frees) are not woken at that price. Marks older than a minute (a dead worker's) are ignored.
+/// A worker that goes idle just while an enqueue commits may miss this and sleep until its
+/// polling fallback (`idle_poll`): the notification only ever shortens the wait.
+pub const WAKE_IF_IDLE: &str = "SELECT pg_notify($1, '')
+   WHERE EXISTS (SELECT 1 FROM idle_workers WHERE since > now() - interval '1 minute')";
+
 /// Wakes every listening worker.
 pub async fn notify_wake(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(pool).await?;

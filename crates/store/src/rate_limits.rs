@@ -55,3 +55,76 @@ pub async fn pause(pool: &PgPool, provider: &str, for_how_long: Duration) -> Res
     .await?;
     Ok(())
 }
+
+/// A block of calls taken from a provider's budget at once ([`acquire_block`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// Calls granted: up to the number asked for, fewer (or none) when the window's budget is
+    /// nearly spent.
+    pub granted: u32,
+    /// Time left in the window the calls belong to, on the database's clock. Calls not made
+    /// by then are lost: they never carry over into the next window.
+    pub window_left: Duration,
+    /// The provider asked every worker to pause (a 429), for this long from now.
+    pub paused_for: Option<Duration>,
+}
+
+/// The shared row as [`acquire_block`] reads it, with the current window on the database's clock.
+#[derive(sqlx::FromRow)]
+struct BudgetRow {
+    calls: i32,
+    window_start: DateTime<Utc>,
+    paused_until: Option<DateTime<Utc>>,
+    window: DateTime<Utc>,
+    now: DateTime<Utc>,
+}
+
+/// Takes up to `want` calls of `provider`'s budget of `per_second` in the current one-second
+/// window (database clock) at once, so that a worker touches the shared row once per block
+/// instead of once per call. The sum granted in one window never exceeds `per_second`,
+/// however many workers ask. Nothing is granted while the provider is paused.
+pub async fn acquire_block(
+    pool: &PgPool,
+    provider: &str,
+    per_second: u32,
+    want: u32,
+) -> Result<Block, StoreError> {
+    const READ: &str =
+        "SELECT calls, window_start, paused_until, date_trunc('second', clock_timestamp()) AS window,
+                clock_timestamp() AS now
+           FROM provider_rate_limits WHERE provider = $1 FOR UPDATE";
+    let mut tx = pool.begin().await?;
+    let row: Option<BudgetRow> = sqlx::query_as(READ).bind(provider).fetch_optional(&mut *tx).await?;
+    let row = match row {
+        Some(row) => row,
+        // The provider's first call ever: create its row, then lock it like any other.
+        None => {
+            sqlx::query(
+                "INSERT INTO provider_rate_limits (provider, calls) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+            )
+            .bind(provider)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query_as(READ).bind(provider).fetch_one(&mut *tx).await?
+        }
+    };
+    let BudgetRow { calls, window_start, paused_until, window, now } = row;
+    let window_left = (window + chrono::Duration::seconds(1) - now).to_std().unwrap_or_default();
+    if let Some(until) = paused_until
+        && until > now
+    {
+        tx.commit().await?;
+        let paused_for = (until - now).to_std().unwrap_or(Duration::from_millis(100));
+        return Ok(Block { granted: 0, window_left, paused_for: Some(paused_for) });
+    }
+    let used = if window_start == window { i64::from(calls) } else { 0 };
+    let granted = i64::from(want).min(i64::from(per_second) - used).max(0);
+    sqlx::query("UPDATE provider_rate_limits SET calls = $2, window_start = $3 WHERE provider = $1")
+        .bind(provider)
+        .bind(i32::try_from(used + granted).unwrap_or(i32::MAX))
+        .bind(window)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Block { granted: u32::try_from(granted).unwrap_or(0), window_left, paused_for: None })
+}

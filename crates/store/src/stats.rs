@@ -64,6 +64,17 @@ pub async fn summary(pool: &PgPool) -> Result<Summary, StoreError> {
     Ok(s)
 }
 
+/// Payouts still open (scheduled), by state: read from the partial index of open payouts
+/// (`payouts_state_open`), so a progress display polling it costs the same with a million
+/// final payouts in the table as with none.
+pub async fn open_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT state::text, count(*) FROM payouts WHERE next_run_at IS NOT NULL GROUP BY state ORDER BY state",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Unfinished and parked payouts of one provider account in one state.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StateCount {

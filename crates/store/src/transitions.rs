@@ -12,9 +12,10 @@ use payoutd_core::PayoutState;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::StoreError;
 use crate::queue::Lease;
+use crate::row::{RawPayoutRow, payout_columns};
 use crate::webhooks::{self, PayoutChange};
+use crate::{PayoutRow, StoreError};
 
 /// What to do with the lease after a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,13 @@ fn next_run_binds(next: NextRun) -> (Option<f64>, Option<f64>, Option<DateTime<U
 
 /// Applies `t` if `lease` still holds. Returns [`StoreError::LeaseLost`] otherwise, and
 /// [`StoreError::IllegalTransition`] for a move the state machine forbids (nothing is written).
+pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), StoreError> {
+    apply_and_read(pool, lease, t).await.map(drop)
+}
+
+/// [`apply`], and the payout as this write left it (read by the same statement, so a step
+/// that keeps the lease needs no second round trip to see its payout). `None`: written, but
+/// the row does not decode.
 #[tracing::instrument(
     name = "transition write",
     skip_all,
@@ -114,7 +122,11 @@ fn next_run_binds(next: NextRun) -> (Option<f64>, Option<f64>, Option<DateTime<U
         transition.to = %t.to,
     )
 )]
-pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), StoreError> {
+pub async fn apply_and_read(
+    pool: &PgPool,
+    lease: &Lease,
+    t: &Transition,
+) -> Result<Option<PayoutRow>, StoreError> {
     // A final state never changes, not even into itself (a "retry" of a final payout); a parked
     // one changes only by a recorded resolution, which is not an engine step.
     if !t.from.is_active() || (t.from != t.to && !t.from.can_move_to(t.to)) {
@@ -131,7 +143,7 @@ pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), S
     let (delay, interval, at) = next_run_binds(t.next_run);
 
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
+    let written: Option<RawPayoutRow> = sqlx::query_as(concat!(
         "UPDATE payouts SET
              state = $3::payout_state,
              next_run_at = CASE WHEN NOT $4 THEN NULL
@@ -154,8 +166,10 @@ pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), S
              parked_at = CASE WHEN $10 THEN now() ELSE parked_at END,
              finalized_at = CASE WHEN $11 THEN now() ELSE finalized_at END,
              updated_at = now()
-         WHERE id = $1 AND fencing_token = $2 AND state = $12::payout_state",
-    )
+         WHERE id = $1 AND fencing_token = $2 AND state = $12::payout_state
+         RETURNING ",
+        payout_columns!()
+    ))
     .bind(lease.payout_id)
     .bind(lease.fencing_token)
     .bind(t.to.as_str())
@@ -174,12 +188,12 @@ pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), S
     .bind(at)
     .bind(t.provider_answered)
     .bind(t.provider_payout_id.as_deref())
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    if done.rows_affected() != 1 {
+    let Some(written) = written else {
         // Dropping the transaction rolls back; nothing was written.
         return Err(StoreError::LeaseLost(lease.payout_id));
-    }
+    };
     insert_event(
         &mut tx,
         lease.payout_id,
@@ -208,7 +222,7 @@ pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), S
     }
     tx.commit().await?;
     crate::telemetry::transition(t.from, t.to, &t.actor);
-    Ok(())
+    Ok(PayoutRow::try_from(written).ok())
 }
 
 /// The resubmit rule in SQL, on the database's clock: enough NOT_FOUND answers since the last
@@ -505,7 +519,26 @@ pub async fn record_step_failure(
 /// partner API takes as a transaction id.
 pub async fn allocate_reference(pool: &PgPool) -> Result<String, StoreError> {
     let n: i64 = sqlx::query_scalar("SELECT nextval('provider_reference_seq')").fetch_one(pool).await?;
-    Ok(format!("PO{n:018}"))
+    Ok(reference(n))
+}
+
+/// Our provider reference for the sequence value `n`.
+pub fn reference(n: i64) -> String {
+    format!("PO{n:018}")
+}
+
+/// Reserves a block of reference numbers: `(first, count)`, the values `first .. first +
+/// count`. The sequence's increment is the block size (see the reference-blocks migration), so
+/// no other call, in this process or another, ever gets a value of the block.
+pub async fn allocate_reference_block(pool: &PgPool) -> Result<(i64, i64), StoreError> {
+    let (first, count): (i64, i64) = sqlx::query_as(
+        "SELECT nextval('provider_reference_seq'),
+                (SELECT increment_by FROM pg_sequences
+                  WHERE schemaname = current_schema() AND sequencename = 'provider_reference_seq')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((first, count.max(1)))
 }
 
 #[allow(clippy::too_many_arguments)]
