@@ -667,7 +667,7 @@ async fn browser_sign_in(b: &Browser, c: &Console, token: &str) {
     b.goto(&c.url("/console")).await;
     let field = b.find("#token").await;
     b.type_into(&field, token).await;
-    b.click(&b.find("#sign-in").await).await;
+    b.click_on("#sign-in").await;
     b.find("header nav").await;
 }
 
@@ -686,19 +686,19 @@ async fn browser_signs_in_sees_the_overview_filters_the_list_and_opens_a_timelin
     assert!(b.text_of("#by-account").await.contains("8b_partner"));
     b.screenshot("02-overview").await;
 
-    b.click(&b.find("header nav a[href='/console/payouts']").await).await;
+    b.click_on("header nav a[href='/console/payouts']").await;
     b.find("#payouts").await;
     assert_eq!(b.count("#payouts tbody tr").await, 6);
     b.screenshot("03-payouts").await;
 
-    b.click(&b.find("#filter-state option[value='needs_review']").await).await;
-    b.click(&b.find("#apply-filters").await).await;
+    b.click_on("#filter-state option[value='needs_review']").await;
+    b.click_on("#apply-filters").await;
     b.wait_for_text("#payouts", "needs_review", Duration::from_secs(10)).await;
     assert!(b.current_url().await.contains("state=needs_review"));
     assert_eq!(b.count("#payouts tbody tr").await, 1);
     b.screenshot("04-payouts-filtered").await;
 
-    b.click(&b.find(&format!("#payouts a[href='/console/payouts/{parked}']")).await).await;
+    b.click_on(&format!("#payouts a[href='/console/payouts/{parked}']")).await;
     let timeline = b.text_of("#timeline").await;
     assert!(timeline.contains("outcome unknown after 8 status queries"), "{timeline}");
     assert!(timeline.contains("paid") && timeline.contains("engine:test"), "{timeline}");
@@ -729,7 +729,7 @@ async fn browser_resolves_a_needs_review_payout_with_a_reason_and_sees_the_event
     let reason = "bank statement of 2026-11-22 shows the transfer";
     b.type_into(&b.find("#reason").await, reason).await;
     b.screenshot("07-confirm-resolve").await;
-    b.click(&b.find("#confirm").await).await;
+    b.click_on("#confirm").await;
 
     b.wait_for_text(".notice", "Resolved as paid", Duration::from_secs(10)).await;
     let timeline = b.text_of("#timeline").await;
@@ -744,7 +744,7 @@ async fn browser_resolves_a_needs_review_payout_with_a_reason_and_sees_the_event
     let before = payoutd_store::payouts::timeline(c.pool(), parked).await.expect("timeline").len();
     b.goto(&c.url(&format!("/console/payouts/{parked}/confirm?action=resolve_failed"))).await;
     b.type_into(&b.find("#reason").await, "second thoughts").await;
-    b.click(&b.find("#confirm").await).await;
+    b.click_on("#confirm").await;
     let refusal = b.wait_for_text(".notice.error", "Refused by the server", Duration::from_secs(10)).await;
     assert!(refusal.contains("only needs_review can be resolved"), "{refusal}");
     b.screenshot("09-refused").await;
@@ -763,7 +763,7 @@ async fn browser_uploads_a_csv_with_a_bad_row_then_a_good_one_and_watches_it_fin
     let c = Console::start(AppOptions::default()).await;
     let b = Browser::start(&screenshots()).await;
     browser_sign_in(&b, &c, &c.operator).await;
-    b.click(&b.find("header nav a[href='/console/batches']").await).await;
+    b.click_on("header nav a[href='/console/batches']").await;
     b.find("#upload-form").await;
     b.screenshot("10-batches").await;
 
@@ -775,7 +775,7 @@ async fn browser_uploads_a_csv_with_a_bad_row_then_a_good_one_and_watches_it_fin
         csv_line("bad-3", "10000")
     );
     b.type_into(&b.find("#csv").await, &bad).await;
-    b.click(&b.find("#upload").await).await;
+    b.click_on("#upload").await;
     let errors = b.text_of("#row-errors").await;
     assert!(errors.contains("bad-2") && errors.contains("amount"), "{errors}");
     assert_eq!(b.count("#row-errors tbody tr").await, 1, "only the bad row: {errors}");
@@ -802,7 +802,7 @@ async fn browser_uploads_a_csv_with_a_bad_row_then_a_good_one_and_watches_it_fin
     assert!(b.text_of("#file-status").await.contains("loaded"));
     let _ = std::fs::remove_file(&file);
     b.type_into(&b.find("#reference").await, "payroll-2026-11").await;
-    b.click(&b.find("#upload").await).await;
+    b.click_on("#upload").await;
     b.wait_for_text(".notice", "Uploaded", Duration::from_secs(10)).await;
     b.screenshot("12-batch-uploaded").await;
     // The page reloads itself until every payout is final.
@@ -932,7 +932,7 @@ async fn browser_against_payoutd_serve_signs_in_uploads_a_batch_and_watches_it_f
     let b = Browser::start(&screenshots()).await;
     b.goto(&format!("{base}/console")).await;
     b.type_into(&b.find("#token").await, &operator).await;
-    b.click(&b.find("#sign-in").await).await;
+    b.click_on("#sign-in").await;
     assert_eq!(b.text_of("h1").await, "Overview");
     b.goto(&format!("{base}/console/batches")).await;
     let mut csv = String::from(CSV_HEADER);
@@ -940,7 +940,7 @@ async fn browser_against_payoutd_serve_signs_in_uploads_a_batch_and_watches_it_f
         csv.push_str(&csv_line(&format!("serve-{i}"), "20000"));
     }
     b.type_into(&b.find("#csv").await, &csv).await;
-    b.click(&b.find("#upload").await).await;
+    b.click_on("#upload").await;
     b.wait_for_text(".notice", "Uploaded", Duration::from_secs(10)).await;
     b.wait_for_text("#batch-state", "completed", Duration::from_secs(60)).await;
     assert_eq!(b.text_of("#batch-final").await, "3 of 3");

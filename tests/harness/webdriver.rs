@@ -173,6 +173,21 @@ impl Browser {
         self.call(reqwest::Method::POST, &format!("/element/{}/click", e.0), Some(json!({}))).await;
     }
 
+    /// Clicks the first element matching `css`, found again if the page reloaded itself
+    /// between finding and clicking it.
+    pub async fn click_on(&self, css: &str) {
+        for _ in 0..20 {
+            let e = self.find(css).await;
+            let path = format!("/element/{}/click", e.0);
+            if self.try_call(reqwest::Method::POST, &path, json!({})).await.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let e = self.find(css).await;
+        self.click(&e).await;
+    }
+
     pub async fn type_into(&self, e: &Element, text: &str) {
         self.call(reqwest::Method::POST, &format!("/element/{}/value", e.0), Some(json!({ "text": text })))
             .await;
@@ -190,8 +205,25 @@ impl Browser {
             .to_owned()
     }
 
-    /// The visible text of the first element matching `css`.
+    /// An element's text, or `None` when the element went stale (the page reloaded itself
+    /// between finding it and reading it: the overview refreshes every few seconds).
+    async fn try_text(&self, e: &Element) -> Option<String> {
+        let r = self.http.get(self.url(&format!("/element/{}/text", e.0))).send().await.ok()?;
+        let ok = r.status().is_success();
+        let v: Value = r.json().await.ok()?;
+        ok.then(|| v["value"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The visible text of the first element matching `css` (found again if the page reloaded
+    /// under it).
     pub async fn text_of(&self, css: &str) -> String {
+        for _ in 0..20 {
+            let e = self.find(css).await;
+            if let Some(t) = self.try_text(&e).await {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let e = self.find(css).await;
         self.text(&e).await
     }
@@ -207,7 +239,7 @@ impl Browser {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.find_now(css).await {
-                let t = self.text(&e).await;
+                let t = self.try_text(&e).await.unwrap_or_default();
                 if t.contains(needle) {
                     return t;
                 }
