@@ -188,12 +188,13 @@ pub async fn confirm(
     confirm_page(&state, &signed, id, action, StatusCode::OK, None, "").await
 }
 
+/// The form of every confirmed action (payouts and batches): CSRF token, action, reason.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ActForm {
-    csrf: Option<String>,
-    action: String,
-    reason: String,
+    pub(crate) csrf: Option<String>,
+    pub(crate) action: String,
+    pub(crate) reason: String,
 }
 
 /// `POST /console/payouts/{id}/act`: the action itself.

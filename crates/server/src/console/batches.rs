@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::actions::ActForm;
 use super::html::{self, Nav, PageOptions, esc, jv};
 use super::session::Signed;
 use super::{ConsoleError, html_response};
@@ -419,14 +420,6 @@ pub async fn confirm(
     }
     let batch = batches_api::readable_by(&state, &signed.session.caller, &id).await?;
     Ok(confirm_page(&signed, &batch, &params.action, StatusCode::OK, None))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ActForm {
-    csrf: Option<String>,
-    action: String,
-    reason: String,
 }
 
 /// `POST /console/batches/{id}/act`: approve or cancel.
