@@ -362,8 +362,9 @@ async fn rule4_a_worker_that_died_mid_submit_leaves_an_in_doubt_payout_that_is_a
             limiter: &RateLimiter::new(),
             references: &References::new(),
         };
+        // A lease long enough for the doomed worker's own steps on a loaded machine.
         let (mut r, lease): (_, Lease) =
-            queue::claim_due(&pool, "doomed", 1, Duration::from_millis(800)).await.unwrap().remove(0);
+            queue::claim_due(&pool, "doomed", 1, Duration::from_secs(3)).await.unwrap().remove(0);
         while r.state != PayoutState::IntentRecorded {
             let t = steps::run(&ctx, &r, &lease).await.unwrap();
             transitions::apply(&pool, &lease, &t).await.unwrap();
