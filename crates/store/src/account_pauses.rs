@@ -27,13 +27,6 @@ pub struct Pause {
     pub paused_at: DateTime<Utc>,
 }
 
-/// The pause that stops `account`, with how long it has lasted (on the database's clock).
-#[derive(Debug, Clone)]
-pub struct ActivePause {
-    pub pause: Pause,
-    pub paused_for: Duration,
-}
-
 /// Every pause, `*` first.
 pub async fn list(pool: &PgPool) -> Result<Vec<Pause>, StoreError> {
     let pauses = sqlx::query_as(
@@ -42,22 +35,6 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Pause>, StoreError> {
     .fetch_all(pool)
     .await?;
     Ok(pauses)
-}
-
-/// The pause that stops `account`: its own, else the pause of all accounts; `None` if it may send.
-pub async fn pause_of(pool: &PgPool, account: &str) -> Result<Option<ActivePause>, StoreError> {
-    let row: Option<(String, String, String, DateTime<Utc>, f64)> = sqlx::query_as(
-        "SELECT account, actor, reason, paused_at, GREATEST(extract(epoch FROM now() - paused_at), 0)::float8
-           FROM account_pauses WHERE account IN ($1, '*')
-          ORDER BY account = '*' LIMIT 1",
-    )
-    .bind(account)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(account, actor, reason, paused_at, secs)| ActivePause {
-        pause: Pause { account, actor, reason, paused_at },
-        paused_for: Duration::try_from_secs_f64(secs).unwrap_or_default(),
-    }))
 }
 
 /// What holds back a new intent: an open restore mark (`crate::restore`), else a pause.
@@ -89,11 +66,7 @@ pub async fn intent_hold(pool: &PgPool, account: &str) -> Result<Option<IntentHo
     .await?;
     Ok(row.map(|(restore, target, actor, reason, secs, backup)| IntentHold {
         why: match backup {
-            Some(backup) if restore => format!(
-                "the database was restored from a backup of {} (marked by {actor}); nothing is sent until \
-                 the restore check has run",
-                backup.format("%Y-%m-%dT%H:%M:%SZ")
-            ),
+            Some(backup) if restore => crate::restore::hold_reason(backup, &actor),
             _ => format!("account {target} is paused by {actor}: {reason}"),
         },
         held_for: Duration::try_from_secs_f64(secs).unwrap_or_default(),

@@ -58,13 +58,12 @@ pub async fn open_mark(pool: &PgPool) -> Result<Option<RestoreMark>, StoreError>
     Ok(mark)
 }
 
-/// Why a payout waits while `mark` is open, as its timeline says it (the intent's hold words
-/// it the same way: `account_pauses::intent_hold`).
-pub fn hold_reason(mark: &RestoreMark) -> String {
+/// Why a payout waits while a mark is open, as its timeline says it (before an intent:
+/// `account_pauses::intent_hold`; before a submit: `transitions::mark_submit_started`).
+pub fn hold_reason(backup_taken_at: DateTime<Utc>, marked_by: &str) -> String {
     format!(
-        "the database was restored from a backup of {} (marked by {}); nothing is sent until the restore check has run",
-        mark.backup_taken_at.format("%Y-%m-%dT%H:%M:%SZ"),
-        mark.marked_by
+        "the database was restored from a backup of {} (marked by {marked_by}); nothing is sent until the restore check has run",
+        backup_taken_at.format("%Y-%m-%dT%H:%M:%SZ"),
     )
 }
 

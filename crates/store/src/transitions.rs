@@ -325,7 +325,9 @@ async fn why_refused(pool: &PgPool, lease: &Lease, what: &str) -> StoreError {
     .await;
     match held {
         Ok(Some((true, true))) => match crate::restore::open_mark(pool).await {
-            Ok(Some(mark)) => StoreError::Held(crate::restore::hold_reason(&mark)),
+            Ok(Some(mark)) => {
+                StoreError::Held(crate::restore::hold_reason(mark.backup_taken_at, &mark.marked_by))
+            }
             Ok(None) => {
                 StoreError::Refused(format!("{what} of payout {} refused: try again", lease.payout_id))
             }
@@ -515,14 +517,8 @@ pub async fn record_step_failure(
     Ok(if park { StepFailure::Parked { failed_steps } } else { StepFailure::Retried { failed_steps } })
 }
 
-/// Allocates our provider reference: "PO" and 18 digits, 20 characters, the most the 8B
-/// partner API takes as a transaction id.
-pub async fn allocate_reference(pool: &PgPool) -> Result<String, StoreError> {
-    let n: i64 = sqlx::query_scalar("SELECT nextval('provider_reference_seq')").fetch_one(pool).await?;
-    Ok(reference(n))
-}
-
-/// Our provider reference for the sequence value `n`.
+/// Our provider reference for the sequence value `n`: "PO" and 18 digits, 20 characters, the
+/// most the 8B partner API takes as a transaction id.
 pub fn reference(n: i64) -> String {
     format!("PO{n:018}")
 }
