@@ -1,7 +1,8 @@
 //! All of payoutd's SQL, in one place. Runtime code elsewhere never writes SQL.
 //!
 //! - [`queue`]: claiming due payouts (`FOR UPDATE SKIP LOCKED`), lease heartbeats and release.
-//! - [`transitions`]: fenced state changes, each with its audit event, in one transaction.
+//! - [`transitions`]: fenced state changes, each with its audit event, in one transaction;
+//!   [`transition_batch`]: many payouts' transitions in one commit (group commit).
 //! - [`payouts`]: inserting (idempotently) and reading payouts and their timelines.
 //! - [`callbacks`]: storing and applying provider callbacks in one transaction.
 //! - [`api_tokens`]: payoutd's own client tokens, stored hashed.
@@ -51,6 +52,7 @@ pub mod review;
 mod row;
 pub mod stats;
 mod telemetry;
+pub mod transition_batch;
 pub mod transitions;
 pub mod webhooks;
 

@@ -112,6 +112,10 @@ impl RawPayoutRow {
     pub fn fencing_token(&self) -> i64 {
         self.fencing_token
     }
+
+    pub fn submit_attempts(&self) -> i32 {
+        self.submit_attempts
+    }
 }
 
 impl TryFrom<RawPayoutRow> for PayoutRow {

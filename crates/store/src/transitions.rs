@@ -13,7 +13,6 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::queue::Lease;
-use crate::row::{RawPayoutRow, payout_columns};
 use crate::webhooks::{self, PayoutChange};
 use crate::{PayoutRow, StoreError};
 
@@ -66,6 +65,36 @@ pub struct Transition {
     pub provider_answered: bool,
     /// The provider's own id of the payout, when an answer told it (8B REST's disbursement id).
     pub provider_payout_id: Option<String>,
+    /// States passed through on the way to `to`, each with the reason of its event: steps that
+    /// run back to back (check passed, intent recorded) commit once.
+    pub via: Vec<(PayoutState, String)>,
+    /// This write also commits "submit attempt N started" (see [`mark_submit_started`]): the
+    /// payout must end in intent_recorded, and the caller makes the submit call once it is
+    /// written. A write that only starts a submit records just that event.
+    pub submit_start: Option<SubmitStart>,
+    /// What may hold this write back (nothing is written then, and the caller learns why).
+    pub hold_check: HoldCheck,
+}
+
+/// The settings a "submit started" write needs: the lease is extended to cover the call, and
+/// `provider_contact_bound` moves to the latest time the provider can receive the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitStart {
+    pub lease: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Holds on new money movement a write checks in its own statement, so that no read before it
+/// is needed and no pause committed just before it is missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HoldCheck {
+    #[default]
+    None,
+    /// An open restore mark (nothing is submitted until the restore check has run).
+    RestoreMark,
+    /// An open restore mark, or a pause of the payout's account or of all accounts (new
+    /// intents wait).
+    RestoreMarkOrPause,
 }
 
 impl Transition {
@@ -83,7 +112,42 @@ impl Transition {
             not_an_attempt: false,
             provider_answered: false,
             provider_payout_id: None,
+            via: Vec::new(),
+            submit_start: None,
+            hold_check: HoldCheck::None,
         }
+    }
+
+    /// Every state move this transition makes, in order, with its event's reason: the states
+    /// passed through, then `to` (left out when the write only starts a submit).
+    pub fn moves(&self) -> Vec<(PayoutState, PayoutState, &str)> {
+        let mut moves = Vec::with_capacity(self.via.len() + 1);
+        let mut at = self.from;
+        for (state, reason) in &self.via {
+            moves.push((at, *state, reason.as_str()));
+            at = *state;
+        }
+        if !(self.submit_start.is_some() && self.via.is_empty() && self.from == self.to) {
+            moves.push((at, self.to, self.reason.as_str()));
+        }
+        moves
+    }
+
+    /// Whether the state machine allows this write: an active payout, every move allowed, and
+    /// a submit started only from intent_recorded. A final state never changes, not even into
+    /// itself (a "retry" of a final payout); a parked one changes only by a recorded
+    /// resolution, which is not an engine step.
+    pub fn is_legal(&self) -> bool {
+        let mut at = self.from;
+        for (state, _) in &self.via {
+            if !at.is_active() || !at.can_move_to(*state) {
+                return false;
+            }
+            at = *state;
+        }
+        at.is_active()
+            && (at == self.to || at.can_move_to(self.to))
+            && (self.submit_start.is_none() || self.to == PayoutState::IntentRecorded)
     }
 }
 
@@ -92,7 +156,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// The binds that express a [`NextRun`] in SQL: (delay secs, status interval secs, absolute).
-fn next_run_binds(next: NextRun) -> (Option<f64>, Option<f64>, Option<DateTime<Utc>>) {
+pub(crate) fn next_run_binds(next: NextRun) -> (Option<f64>, Option<f64>, Option<DateTime<Utc>>) {
     match next {
         NextRun::Now => (Some(0.0), None, None),
         NextRun::After(d) => (Some(secs(d)), None, None),
@@ -127,102 +191,8 @@ pub async fn apply_and_read(
     lease: &Lease,
     t: &Transition,
 ) -> Result<Option<PayoutRow>, StoreError> {
-    // A final state never changes, not even into itself (a "retry" of a final payout); a parked
-    // one changes only by a recorded resolution, which is not an engine step.
-    if !t.from.is_active() || (t.from != t.to && !t.from.can_move_to(t.to)) {
-        return Err(StoreError::IllegalTransition { from: t.from, to: t.to });
-    }
-    let final_state = t.to.is_final();
-    let parked = t.to.is_parked();
-    let keep = t.after == AfterWrite::Continue && t.to.is_active();
-    let moved = t.from != t.to;
-    let (reference, request) = match &t.intent {
-        Some((r, q)) => (Some(r.as_str()), Some(q)),
-        None => (None, None),
-    };
-    let (delay, interval, at) = next_run_binds(t.next_run);
-
-    let mut tx = pool.begin().await?;
-    let written: Option<RawPayoutRow> = sqlx::query_as(concat!(
-        "UPDATE payouts SET
-             state = $3::payout_state,
-             next_run_at = CASE WHEN NOT $4 THEN NULL
-                                WHEN $16::timestamptz IS NOT NULL THEN $16
-                                ELSE GREATEST(now() + make_interval(secs => $14),
-                                              (CASE WHEN $17 THEN now() ELSE provider_contact_bound END)
-                                                  + make_interval(secs => $15)) END,
-             provider_contact_bound = CASE WHEN $17 THEN now() ELSE provider_contact_bound END,
-             lease_owner = CASE WHEN $5 THEN lease_owner END,
-             lease_expires_at = CASE WHEN $5 THEN lease_expires_at END,
-             attempt = CASE WHEN $6 THEN (CASE WHEN $5 THEN 1 ELSE 0 END)
-                            WHEN $13 THEN GREATEST(attempt - 1, 0) ELSE attempt END,
-             total_attempts = total_attempts + CASE WHEN $6 AND $5 THEN 1 WHEN $13 THEN -1 ELSE 0 END,
-             submit_in_flight = false,
-             failed_steps = 0,
-             last_error = $7,
-             provider_reference = COALESCE($8, provider_reference),
-             submit_request = COALESCE($9, submit_request),
-             provider_payout_id = COALESCE($18, provider_payout_id),
-             parked_at = CASE WHEN $10 THEN now() ELSE parked_at END,
-             finalized_at = CASE WHEN $11 THEN now() ELSE finalized_at END,
-             updated_at = now()
-         WHERE id = $1 AND fencing_token = $2 AND state = $12::payout_state
-         RETURNING ",
-        payout_columns!()
-    ))
-    .bind(lease.payout_id)
-    .bind(lease.fencing_token)
-    .bind(t.to.as_str())
-    .bind(t.to.is_active())
-    .bind(keep)
-    .bind(moved)
-    .bind(t.last_error.as_deref())
-    .bind(reference)
-    .bind(request)
-    .bind(parked)
-    .bind(final_state)
-    .bind(t.from.as_str())
-    .bind(t.not_an_attempt && !moved)
-    .bind(delay)
-    .bind(interval)
-    .bind(at)
-    .bind(t.provider_answered)
-    .bind(t.provider_payout_id.as_deref())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(written) = written else {
-        // Dropping the transaction rolls back; nothing was written.
-        return Err(StoreError::LeaseLost(lease.payout_id));
-    };
-    insert_event(
-        &mut tx,
-        lease.payout_id,
-        Some(t.from),
-        t.to,
-        &t.actor,
-        &t.reason,
-        t.detail.as_ref(),
-        Some(lease.fencing_token),
-    )
-    .await?;
-    // A webhook that named this id before the answer arrived is now matched.
-    if let Some(id) = &t.provider_payout_id {
-        sqlx::query(
-            "DELETE FROM unmatched_provider_notifications n USING payouts p
-              WHERE p.id = $1 AND n.provider = p.provider AND n.provider_payout_id = $2",
-        )
-        .bind(lease.payout_id)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    // The webhook outbox: final states and needs_review are announced in this transaction.
-    if moved && (final_state || parked) {
-        webhooks::record_payout_change(&mut tx, lease.payout_id, PayoutChange::Entered(t.to)).await?;
-    }
-    tx.commit().await?;
-    crate::telemetry::transition(t.from, t.to, &t.actor);
-    Ok(PayoutRow::try_from(written).ok())
+    let mut written = crate::transition_batch::apply_batch(pool, &[(lease, t)]).await?;
+    written.pop().unwrap_or(Err(StoreError::LeaseLost(lease.payout_id)))
 }
 
 /// The resubmit rule in SQL, on the database's clock: enough NOT_FOUND answers since the last
