@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use payoutd_core::PayoutState;
 use payoutd_engine::rate_limit::RateLimiter;
-use payoutd_engine::references::References;
-use payoutd_engine::steps::{self, StepContext};
 use payoutd_providers::{
     BoxFuture, CallbackVerdict, CheckOutcome, Connector, FrozenRequest, IncomingCallback, PayoutForProvider,
     ProviderError, ProviderStatus, SubmitOutcome,
@@ -17,7 +15,7 @@ use payoutd_sandbox::{Faults, Sandbox};
 use payoutd_store::queue::{self, Lease};
 use payoutd_store::transitions::{self, NextRun, ResubmitGate, Transition};
 use payoutd_store::{PgPool, StoreError, payouts, rate_limits};
-use payoutd_tests::{AppOptions, TestApp, assert_no_double_execution, fast_engine, row};
+use payoutd_tests::{AppOptions, TestApp, assert_no_double_execution, record_intent_only, row};
 
 fn no_workers() -> AppOptions {
     AppOptions { workers: 0, ..AppOptions::default() }
@@ -353,23 +351,10 @@ async fn rule4_a_worker_that_died_mid_submit_leaves_an_in_doubt_payout_that_is_a
         let id = app.enqueue_many(1, "USD", "3.00").await[0];
         let pool = app.db.pool.clone();
         let connector = app.connectors.get("8b_partner").unwrap().clone();
-        let engine = fast_engine("doomed");
-        let ctx = StepContext {
-            pool: &pool,
-            config: &engine,
-            connector: connector.as_ref(),
-            actor: "worker:doomed",
-            limiter: &RateLimiter::new(),
-            references: &References::new(),
-        };
         // A lease long enough for the doomed worker's own steps on a loaded machine.
-        let (mut r, lease): (_, Lease) =
+        let (_, lease): (_, Lease) =
             queue::claim_due(&pool, "doomed", 1, Duration::from_secs(3)).await.unwrap().remove(0);
-        while r.state != PayoutState::IntentRecorded {
-            let t = steps::run(&ctx, &r, &lease).await.unwrap();
-            transitions::apply(&pool, &lease, &t).await.unwrap();
-            r = row(&app, id).await;
-        }
+        let r = record_intent_only(&pool, &lease, connector.as_ref(), id).await;
         transitions::mark_submit_started(
             &pool,
             &lease,

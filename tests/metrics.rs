@@ -96,9 +96,9 @@ async fn metrics_and_probes_on_the_admin_listener() {
 
     // A payout held by a "dead worker": claimed under a short lease and never worked on.
     let token = app.token(&["*"]).await;
-    app.enqueue(&token, &payout_body("orphan", "10.00", "USD")).await;
     worker_stop.cancel();
     worker_task.await.expect("worker stopped");
+    app.enqueue(&token, &payout_body("orphan", "10.00", "USD")).await;
     let claimed =
         queue::claim_due(&app.db.pool, "dead-worker", 10, Duration::from_millis(300)).await.expect("claim");
     assert_eq!(claimed.len(), 1, "the orphan is claimed by the dead worker");

@@ -15,6 +15,7 @@ use payoutd_core::PayoutState;
 use payoutd_engine::rate_limit::RateLimiter;
 use payoutd_engine::references::References;
 use payoutd_engine::steps::{self, StepContext};
+use payoutd_engine::transition_writer::TransitionWriter;
 use payoutd_engine::{Clock, EngineConfig, Worker};
 use payoutd_providers::eightb_partner::EightBPartner;
 use payoutd_providers::{
@@ -25,7 +26,7 @@ use payoutd_sandbox::{Faults, Sandbox};
 use payoutd_store::queue::{self, Lease};
 use payoutd_store::transitions::{self, ResubmitGate, StatusStart};
 use payoutd_store::{PgPool, StoreError};
-use payoutd_tests::{AppOptions, TestApp, assert_no_double_execution, fast_engine, row};
+use payoutd_tests::{AppOptions, TestApp, assert_no_double_execution, fast_engine, record_intent_only, row};
 use tokio_util::sync::CancellationToken;
 
 // ---- a tap on the real connector -----------------------------------------------------------
@@ -190,7 +191,8 @@ fn ctx<'a>(
     // A limiter of its own for each context, as each worker has.
     let limiter: &'a RateLimiter = Box::leak(Box::new(RateLimiter::new()));
     let references: &'a References = Box::leak(Box::new(References::new()));
-    StepContext { pool, config: engine, connector, actor, limiter, references }
+    let writer: &'a TransitionWriter = Box::leak(Box::new(TransitionWriter::start(pool.clone()).0));
+    StepContext { pool, config: engine, connector, actor, limiter, references, writer }
 }
 
 /// Drives a payout with the engine's own steps until it reaches `until` (under one lease).
@@ -280,7 +282,7 @@ async fn item2a_an_expired_lease_is_refused_right_before_the_money_call() {
     let engine = fast_engine("slow");
     let (_, lease) = queue::claim_due(pool, "slow", 1, engine.lease).await.unwrap().remove(0);
     let c = ctx(pool, &engine, connector.as_ref(), "worker:slow");
-    drive_to(&app, &c, id, &lease, PayoutState::IntentRecorded).await;
+    record_intent_only(&app.db.pool, &lease, connector.as_ref(), id).await;
     // The worker stalls until its lease has expired. Nobody has claimed the payout yet, so the
     // fencing token still matches; the submit must be refused all the same.
     sqlx::query("UPDATE payouts SET lease_expires_at = now() - interval '1 millisecond' WHERE id = $1")
@@ -307,6 +309,29 @@ async fn item2a_an_expired_lease_is_refused_right_before_the_money_call() {
     // The step as a whole refuses too, and nothing reaches the provider.
     let t = steps::run(&c, &r, &lease).await;
     assert!(matches!(t, Err(payoutd_engine::EngineError::Store(StoreError::LeaseLost(_)))), "{t:?}");
+    assert_eq!(app.sandbox.stats().payouts_received, 0);
+
+    // The engine's own first write (check, intent and "submit started" in one commit) checks
+    // the lease the same way: a stalled worker records nothing and sends nothing.
+    let second = app.enqueue_many(1, "USD", "6.00").await[0];
+    // (The first payout's expired lease makes it claimable again: take both, work the second.)
+    let (r, lease) = queue::claim_due(pool, "slow", 2, engine.lease)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| r.id == second)
+        .expect("the second payout is claimed");
+    assert_eq!(r.state, PayoutState::Pending);
+    sqlx::query("UPDATE payouts SET lease_expires_at = now() - interval '1 millisecond' WHERE id = $1")
+        .bind(second)
+        .execute(pool)
+        .await
+        .unwrap();
+    let t = steps::run(&c, &r, &lease).await;
+    assert!(matches!(t, Err(payoutd_engine::EngineError::Store(StoreError::LeaseLost(_)))), "{t:?}");
+    let r = row(&app, second).await;
+    assert_eq!((r.state, r.submit_attempts, r.submit_in_flight), (PayoutState::Pending, 0, false));
+    assert!(r.provider_reference.is_none(), "no intent written under an expired lease");
     assert_eq!(app.sandbox.stats().payouts_received, 0);
     app.shutdown().await;
 }
@@ -394,8 +419,7 @@ async fn item2c_a_stalled_first_submit_with_delayed_ingestion_is_not_paid_twice(
     let connector = app.connectors.get("8b_partner").unwrap().clone();
     let engine = fast_engine("stalled");
     let (_, lease) = queue::claim_due(&pool, "stalled", 1, engine.lease).await.unwrap().remove(0);
-    let c = ctx(&pool, &engine, connector.as_ref(), "worker:stalled");
-    drive_to(&app, &c, id, &lease, PayoutState::IntentRecorded).await;
+    record_intent_only(&app.db.pool, &lease, connector.as_ref(), id).await;
     // Worker A commits "submit started" and then stalls: its request leaves 2.2 s later, after
     // its lease has expired.
     let gate = ResubmitGate {

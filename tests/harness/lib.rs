@@ -430,3 +430,31 @@ pub async fn send_callback(
 pub async fn row(app: &TestApp, id: Uuid) -> payoutd_store::PayoutRow {
     payoutd_store::payouts::get(&app.db.pool, id).await.expect("get").expect("exists")
 }
+
+/// Records a payout's check and intent under `lease` as the engine's first write does, but
+/// without starting the submit: for tests that stop a worker between its intent and its submit
+/// call (the engine itself commits "submit started" in the same write and goes on to the call).
+pub async fn record_intent_only(
+    pool: &PgPool,
+    lease: &payoutd_store::queue::Lease,
+    connector: &dyn Connector,
+    id: Uuid,
+) -> payoutd_store::PayoutRow {
+    use payoutd_store::transitions::{self, AfterWrite, Transition};
+    let r = payoutd_store::payouts::get(pool, id).await.expect("get").expect("exists");
+    let reference = payoutd_engine::references::References::new().next(pool).await.expect("reference");
+    let payout = payoutd_providers::PayoutForProvider { money: r.money, destination: r.destination.clone() };
+    let frozen = connector.freeze_submit(&payout, &reference, chrono::Utc::now());
+    let mut t = Transition::new(
+        r.state,
+        PayoutState::IntentRecorded,
+        "worker:test",
+        format!("intent recorded under reference {reference}"),
+    );
+    if r.state == PayoutState::Pending {
+        t.via.push((PayoutState::Checked, "check passed".to_owned()));
+    }
+    t.intent = Some((reference, serde_json::to_value(&frozen).expect("frozen request")));
+    t.after = AfterWrite::Continue;
+    transitions::apply_and_read(pool, lease, &t).await.expect("intent written").expect("decodes")
+}

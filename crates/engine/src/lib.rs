@@ -6,6 +6,8 @@
 //! - [`heartbeat`]: extends the lease while a job runs, on connections of its own, and
 //!   cancels the step when the lease is lost.
 //! - [`clock`]: the worker's wall clock (never used for due times).
+//! - [`transition_writer`]: group commit: the writes of many steps in one commit, each still
+//!   fenced by its own lease.
 //! - [`steps`]: what each state's step does: the provider calls it needs, and the transition to
 //!   write. Connectors return typed outcomes; only the engine turns them into moves.
 //! - [`rate_limit`]: the shared per-provider call budget, applied before every provider call,
@@ -35,6 +37,7 @@ pub mod retention_timer;
 pub mod statement_reconciliation;
 pub mod steps;
 pub mod telemetry;
+pub mod transition_writer;
 pub mod wakeup;
 pub mod webhook_delivery;
 pub mod webhook_http;

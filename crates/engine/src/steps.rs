@@ -3,10 +3,13 @@
 //!
 //! | state           | step                                                                     |
 //! |-----------------|--------------------------------------------------------------------------|
-//! | pending         | check: can this payout go (8B partner: balance >= amount)                 |
-//! | checked         | intent: allocate our reference, freeze the exact submit request           |
-//! |                 | (waits here, not an attempt, while an operator pauses its account or the  |
-//! |                 | database is marked restored: see `payoutd_store::restore`)               |
+//! | pending         | check: can this payout go (8B partner: balance >= amount); when it can,   |
+//! |                 | straight on as below, the check recorded in the same write               |
+//! | checked         | intent: allocate our reference, freeze the exact submit request, and     |
+//! |                 | commit it together with "submit attempt 1 started" (one write, checked   |
+//! |                 | against holds in its own statement), then make the submit call. Waits   |
+//! |                 | here, not an attempt, while an operator pauses its account or the        |
+//! |                 | database is marked restored (see `payoutd_store::restore`)               |
 //! | intent_recorded | submit, after committing "submit started" (a crash mid-call = in doubt);  |
 //! |                 | no submit or resubmit while the database is marked restored             |
 //! | in_doubt        | status query by our reference FIRST; resubmit only after NOT_FOUND        |
@@ -25,7 +28,8 @@
 //!
 //! Every provider call is preceded by a committed, fenced write that re-verifies the lease on
 //! the database ("submit started", "status query started"), and every due time is computed on
-//! the database's clock.
+//! the database's clock. The engine's writes go through the worker's group commit
+//! ([`TransitionWriter`]): many payouts per commit, each fenced by its own lease.
 
 use std::time::Duration;
 
@@ -35,12 +39,15 @@ use payoutd_providers::{
     SubmitOutcome,
 };
 use payoutd_store::queue::Lease;
-use payoutd_store::transitions::{self, AfterWrite, NextRun, ResubmitGate, StatusStart, Transition};
+use payoutd_store::transitions::{
+    self, AfterWrite, HoldCheck, NextRun, ResubmitGate, StatusStart, SubmitStart, Transition,
+};
 use payoutd_store::{PayoutRow, PgPool, StoreError};
 use payoutd_store::{account_pauses, provider_notifications};
 
 use crate::rate_limit::RateLimiter;
 use crate::references::References;
+use crate::transition_writer::TransitionWriter;
 use crate::{EngineConfig, EngineError};
 
 use PayoutState::*;
@@ -56,13 +63,15 @@ pub struct StepContext<'a> {
     pub limiter: &'a RateLimiter,
     /// This worker's block of provider references.
     pub references: &'a References,
+    /// Group commit of this worker's writes (the intent and "submit started" go through it).
+    pub writer: &'a TransitionWriter,
 }
 
 /// Runs the step of `row`'s current state.
 pub async fn run(ctx: &StepContext<'_>, row: &PayoutRow, lease: &Lease) -> Result<Transition, EngineError> {
     match row.state {
-        Pending => check(ctx, row).await,
-        Checked => record_intent(ctx, row).await,
+        Pending => check(ctx, row, lease).await,
+        Checked => intent_and_submit(ctx, row, lease).await,
         IntentRecorded => submit(ctx, row, lease).await,
         InDoubt => resolve_in_doubt(ctx, row, lease).await,
         Submitted => poll_status(ctx, row, lease).await,
@@ -76,14 +85,15 @@ pub async fn run(ctx: &StepContext<'_>, row: &PayoutRow, lease: &Lease) -> Resul
 
 // ---- check -------------------------------------------------------------------------------
 
-async fn check(ctx: &StepContext<'_>, row: &PayoutRow) -> Result<Transition, EngineError> {
+async fn check(ctx: &StepContext<'_>, row: &PayoutRow, lease: &Lease) -> Result<Transition, EngineError> {
     if let Some(wait) = permit(ctx).await? {
         return Ok(not_yet(ctx, row, NextRun::After(wait), "waiting for the provider's rate limit"));
     }
     let payout = PayoutForProvider { money: row.money, destination: row.destination.clone() };
     let policy = &ctx.config.check_retry;
     match ctx.connector.check(&payout).await {
-        Ok(CheckOutcome::Go) => Ok(move_to(ctx, row, Checked, "check passed").continue_now()),
+        // Straight on: the check, the intent and "submit started" commit as one write.
+        Ok(CheckOutcome::Go) => intent_and_submit(ctx, row, lease).await,
         Ok(CheckOutcome::NotNow { reason }) if policy.exhausted(row.attempt) => Ok(move_to(
             ctx,
             row,
@@ -110,23 +120,79 @@ async fn check(ctx: &StepContext<'_>, row: &PayoutRow) -> Result<Transition, Eng
     }
 }
 
-// ---- intent ------------------------------------------------------------------------------
+// ---- intent ----------------------------------------------------------------------------
 
-async fn record_intent(ctx: &StepContext<'_>, row: &PayoutRow) -> Result<Transition, EngineError> {
-    // An operator paused this account (or all of them): the payout waits here, before its
-    // intent, so nothing new is sent. Not an attempt. Resuming wakes it at once; the recheck
-    // (growing with the pause's age, bounded) only covers a resume that raced this step.
-    if let Some(hold) = account_pauses::intent_hold(ctx.pool, ctx.connector.name()).await? {
-        let wait = pause_recheck(ctx, hold.held_for);
-        return Ok(not_yet(ctx, row, NextRun::After(wait), &hold.why));
+/// Records the intent (our reference, the exact submit request) and, when the provider's
+/// budget allows, "submit attempt 1 started" in the same commit, then makes the submit call.
+/// From pending (the check just passed) the same write also records the check. The write
+/// checks the holds itself: while an operator pauses the account (or all of them), or the
+/// database is marked restored, nothing is written and the payout waits in `checked`, not an
+/// attempt. Resuming wakes it at once; the recheck (growing with the hold's age, bounded)
+/// only covers a resume that raced this step.
+async fn intent_and_submit(
+    ctx: &StepContext<'_>,
+    row: &PayoutRow,
+    lease: &Lease,
+) -> Result<Transition, EngineError> {
+    let wait = permit(ctx).await?;
+    if let Some(wait) = wait {
+        return Ok(deferred_before_intent(
+            ctx,
+            row,
+            NextRun::After(wait),
+            "waiting for the provider's rate limit",
+        ));
     }
     let reference = ctx.references.next(ctx.pool).await?;
     let payout = PayoutForProvider { money: row.money, destination: row.destination.clone() };
     let frozen = ctx.connector.freeze_submit(&payout, &reference, ctx.config.clock.now());
     let body = serde_json::to_value(&frozen).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut t = move_to(ctx, row, IntentRecorded, format!("intent recorded under reference {reference}"));
-    t.intent = Some((reference, body));
-    Ok(t.continue_now())
+    let mut intent =
+        move_to(ctx, row, IntentRecorded, format!("intent recorded under reference {reference}"));
+    if row.state == Pending {
+        intent.via.push((Checked, "check passed".to_owned()));
+    }
+    intent.intent = Some((reference, body));
+    intent.hold_check = HoldCheck::RestoreMarkOrPause;
+    intent.submit_start = Some(submit_start(ctx));
+    let written = match ctx.writer.write(lease, intent.continue_now()).await {
+        Ok(Some(written)) => written,
+        Ok(None) => return Err(StoreError::Corrupt(format!("payout {} does not decode", row.id)).into()),
+        Err(StoreError::Held(why)) => return held_before_intent(ctx, row, &why).await,
+        // A hold lifted between the write and the look: try again at once.
+        Err(StoreError::Refused(why)) => return Ok(not_yet(ctx, row, NextRun::Now, &why)),
+        Err(e) => return Err(e.into()),
+    };
+    let attempt = u32::try_from(written.submit_attempts).unwrap_or(0);
+    Ok(call_submit(ctx, &written, &frozen, attempt).await?)
+}
+
+/// What a step writes when a hold stopped the intent.
+async fn held_before_intent(
+    ctx: &StepContext<'_>,
+    row: &PayoutRow,
+    why: &str,
+) -> Result<Transition, EngineError> {
+    let held_for = account_pauses::intent_hold(ctx.pool, ctx.connector.name())
+        .await?
+        .map(|h| h.held_for)
+        .unwrap_or_default();
+    Ok(deferred_before_intent(ctx, row, NextRun::After(pause_recheck(ctx, held_for)), why))
+}
+
+/// The intent may not be written yet: the payout waits in `checked`, not an attempt. From
+/// pending, the check that just passed is recorded on the way.
+fn deferred_before_intent(ctx: &StepContext<'_>, row: &PayoutRow, at: NextRun, why: &str) -> Transition {
+    let mut t = not_yet(ctx, row, at, why);
+    if row.state == Pending {
+        t.via.push((Checked, "check passed".to_owned()));
+        t.to = Checked;
+    }
+    t
+}
+
+fn submit_start(ctx: &StepContext<'_>) -> SubmitStart {
+    SubmitStart { lease: ctx.config.lease, request_timeout: ctx.connector.request_timeout() }
 }
 
 /// How long a payout held back for `held_for` waits before it looks again: growing with the
@@ -166,17 +232,27 @@ async fn send_submit(
     lease: &Lease,
 ) -> Result<Transition, EngineError> {
     let frozen = frozen(row)?;
-    let resubmit = row.state == InDoubt;
-    let attempt = match transitions::mark_submit_started(
-        ctx.pool,
-        lease,
-        ctx.actor,
-        ctx.config.lease,
-        resubmit_gate(ctx),
-        ctx.connector.request_timeout(),
-    )
-    .await
-    {
+    let started = if row.state == InDoubt {
+        transitions::mark_submit_started(
+            ctx.pool,
+            lease,
+            ctx.actor,
+            ctx.config.lease,
+            resubmit_gate(ctx),
+            ctx.connector.request_timeout(),
+        )
+        .await
+    } else {
+        let mut start = stay(ctx, row, "submit started");
+        start.submit_start = Some(submit_start(ctx));
+        start.hold_check = HoldCheck::RestoreMark;
+        ctx.writer.write(lease, start.continue_now()).await.and_then(|written| {
+            written
+                .map(|w| u32::try_from(w.submit_attempts).unwrap_or(0))
+                .ok_or_else(|| StoreError::Corrupt(format!("payout {} does not decode", row.id)))
+        })
+    };
+    let attempt = match started {
         Ok(attempt) => attempt,
         // A restored database may have forgotten submits made after its backup: nothing is sent
         // until the restore check has compared the open payouts with the provider's registry
@@ -184,13 +260,29 @@ async fn send_submit(
         Err(StoreError::Held(why)) => {
             return Ok(not_yet(ctx, row, NextRun::After(ctx.config.pause_recheck_max), &why));
         }
-        Err(StoreError::Refused(why)) => {
+        Err(StoreError::Refused(why)) if row.state == InDoubt => {
             return Ok(stay(ctx, row, format!("resubmit not allowed yet: {why}"))
                 .at(status_due(ctx, Duration::ZERO)));
         }
+        // A hold lifted between the write and the look: try again at once.
+        Err(StoreError::Refused(why)) => return Ok(not_yet(ctx, row, NextRun::Now, &why)),
         Err(e) => return Err(e.into()),
     };
-    let outcome = ctx.connector.submit(&frozen).await;
+    call_submit(ctx, row, &frozen, attempt).await
+}
+
+/// Makes the submit call whose start is committed, and classifies its outcome. `row` is the
+/// payout as the start left it (intent_recorded, or in_doubt for a resubmit).
+async fn call_submit(
+    ctx: &StepContext<'_>,
+    row: &PayoutRow,
+    frozen: &FrozenRequest,
+    attempt: u32,
+) -> Result<Transition, EngineError> {
+    let resubmit = row.state == InDoubt;
+    // The one call that moves money: its start is on record, so say so in the log too.
+    tracing::info!(attempt, resubmit, reference = ?row.provider_reference, "submit call starting");
+    let outcome = ctx.connector.submit(frozen).await;
     Ok(answered(match outcome {
         SubmitOutcome::Accepted { provider_id } => {
             let mut t = move_to(ctx, row, Submitted, format!("provider accepted submit attempt {attempt}"))

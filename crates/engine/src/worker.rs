@@ -27,6 +27,7 @@ use crate::rate_limit::RateLimiter;
 use crate::references::References;
 use crate::steps::{self, StepContext};
 use crate::telemetry::{INSTRUMENTS, Pulse};
+use crate::transition_writer::TransitionWriter;
 use crate::{ConfigError, Connectors, EngineConfig, EngineError, heartbeat, wakeup};
 
 /// Counts kept by one worker, for logs, the demo and tests.
@@ -117,6 +118,8 @@ impl Worker {
         let listener =
             tokio::spawn(wakeup::listen(self.pool.clone(), self.wake.clone(), listener_stop.clone()));
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let (writer, writer_lanes) = TransitionWriter::start(self.pool.clone());
+        let writer = Arc::new(writer);
         let mut tasks = JoinSet::new();
         tracing::info!(worker = %self.config.worker_id, concurrency = self.config.concurrency, "worker started");
         // Whether this worker's idle mark is set (enqueues wake it only then).
@@ -157,6 +160,7 @@ impl Worker {
                                 shutdown: shutdown.clone(),
                                 limiter: self.limiter.clone(),
                                 references: self.references.clone(),
+                                writer: writer.clone(),
                             };
                             tasks.spawn(async move {
                                 job.run(row, lease).await;
@@ -202,6 +206,11 @@ impl Worker {
             tracing::warn!(abandoned = tasks.len(), "grace period over; abandoning steps to lease expiry");
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
+        }
+        // The lanes stop once the last handle is gone, after writing what they were handed.
+        drop(writer);
+        for lane in writer_lanes {
+            let _ = lane.await;
         }
         listener_stop.cancel();
         let _ = listener.await;
@@ -258,6 +267,8 @@ struct Job {
     shutdown: CancellationToken,
     limiter: Arc<RateLimiter>,
     references: Arc<References>,
+    /// Group commit of this worker's transitions.
+    writer: Arc<TransitionWriter>,
 }
 
 impl Job {
@@ -334,13 +345,16 @@ impl Job {
             actor: &actor,
             limiter: &self.limiter,
             references: &self.references,
+            writer: &self.writer,
         };
         let transition = steps::run(&ctx, row, lease).await?;
-        let written = transitions::apply_and_read(&self.pool, lease, &transition).await?;
-        if transition.to != row.state {
-            tracing::info!(from = %row.state, to = %transition.to, reason = %transition.reason, "transition");
+        let (from, to, after) = (transition.from, transition.to, transition.after);
+        let reason = transition.reason.clone();
+        let written = self.writer.write(lease, transition).await?;
+        if to != from {
+            tracing::info!(%from, %to, %reason, "transition");
         }
-        let after = if transition.to.is_active() { transition.after } else { AfterWrite::Release };
+        let after = if to.is_active() { after } else { AfterWrite::Release };
         Ok((after, written.map(Box::new)))
     }
 }
