@@ -163,8 +163,7 @@ async fn intent_and_submit(
         Err(StoreError::Refused(why)) => return Ok(not_yet(ctx, row, NextRun::Now, &why)),
         Err(e) => return Err(e.into()),
     };
-    let attempt = u32::try_from(written.submit_attempts).unwrap_or(0);
-    Ok(call_submit(ctx, &written, &frozen, attempt).await?)
+    call_submit(ctx, &written, &frozen, written.submit_attempts).await
 }
 
 /// What a step writes when a hold stopped the intent.
@@ -248,7 +247,7 @@ async fn send_submit(
         start.hold_check = HoldCheck::RestoreMark;
         ctx.writer.write(lease, start.continue_now()).await.and_then(|written| {
             written
-                .map(|w| u32::try_from(w.submit_attempts).unwrap_or(0))
+                .map(|w| w.submit_attempts)
                 .ok_or_else(|| StoreError::Corrupt(format!("payout {} does not decode", row.id)))
         })
     };
