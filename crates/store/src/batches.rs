@@ -642,18 +642,31 @@ pub(crate) async fn after_payout_change(
     payout_id: Uuid,
     change: PayoutChange,
 ) -> Result<(), StoreError> {
-    let now_final = match change {
-        PayoutChange::Entered(state) => state.is_final(),
-        PayoutChange::Resolved { to, .. } => to.is_final(),
-    };
-    if !now_final {
+    if !becomes_final(change) {
         return Ok(());
     }
     let batch: Option<Option<Uuid>> = sqlx::query_scalar("SELECT batch_id FROM payouts WHERE id = $1")
         .bind(payout_id)
         .fetch_optional(&mut **tx)
         .await?;
-    let Some(batch_id) = batch.flatten() else { return Ok(()) };
+    after_change_in_batch(tx, payout_id, batch.flatten(), change).await
+}
+
+fn becomes_final(change: PayoutChange) -> bool {
+    match change {
+        PayoutChange::Entered(state) => state.is_final(),
+        PayoutChange::Resolved { to, .. } => to.is_final(),
+    }
+}
+
+/// [`after_payout_change`] when the caller knows the payout's batch (`None`: not in a batch).
+pub(crate) async fn after_change_in_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    payout_id: Uuid,
+    batch_id: Option<Uuid>,
+    change: PayoutChange,
+) -> Result<(), StoreError> {
+    let Some(batch_id) = batch_id.filter(|_| becomes_final(change)) else { return Ok(()) };
     // The fast path, taken by every final transition but the last few: lock another open
     // payout of the batch that no transaction holds right now. It is certainly open, and
     // whoever makes it final later has to wait for this transaction to commit, so it will see

@@ -106,6 +106,8 @@ pub async fn apply_verified(
     .await?;
     // For the transitions counter, once the transaction has committed.
     let mut from_state = None;
+    // The payout the callback names, if we have it.
+    let mut matched = None;
     let effect = match raw {
         None => CallbackEffect::UnknownReference,
         Some(raw) => {
@@ -116,16 +118,18 @@ pub async fn apply_verified(
             let detail = serde_json::json!({ "callback_id": callback_id });
             match &effect {
                 CallbackEffect::Finalized(to) | CallbackEffect::Resolved(to) => {
-                    sqlx::query(
+                    let written: RawPayoutRow = sqlx::query_as(concat!(
                         "UPDATE payouts SET state = $2::payout_state, next_run_at = NULL, lease_owner = NULL,
                                 lease_expires_at = NULL, fencing_token = fencing_token + 1,
                                 submit_in_flight = false, finalized_at = now(), updated_at = now(),
                                 last_error = NULL
-                          WHERE id = $1",
-                    )
+                          WHERE id = $1
+                      RETURNING ",
+                        payout_columns!()
+                    ))
                     .bind(payout.id)
                     .bind(to.as_str())
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await?;
                     let reason = if matches!(effect, CallbackEffect::Resolved(_)) {
                         format!(
@@ -151,7 +155,10 @@ pub async fn apply_verified(
                     } else {
                         PayoutChange::Entered(*to)
                     };
-                    webhooks::record_payout_change(&mut tx, payout.id, change).await?;
+                    match PayoutRow::try_from(written) {
+                        Ok(row) => webhooks::record_change_of(&mut tx, &row, change).await?,
+                        Err(_) => webhooks::record_payout_change(&mut tx, payout.id, change).await?,
+                    }
                 }
                 CallbackEffect::AlreadyFinal { state, conflicting: true } => {
                     let reason = format!(
@@ -188,16 +195,13 @@ pub async fn apply_verified(
                 }
                 _ => {}
             }
-            sqlx::query("UPDATE provider_callbacks SET payout_id = $2 WHERE id = $1")
-                .bind(callback_id)
-                .bind(payout.id)
-                .execute(&mut *tx)
-                .await?;
+            matched = Some(payout.id);
             effect
         }
     };
-    sqlx::query("UPDATE provider_callbacks SET outcome = $2 WHERE id = $1")
+    sqlx::query("UPDATE provider_callbacks SET payout_id = $2, outcome = $3 WHERE id = $1")
         .bind(callback_id)
+        .bind(matched)
         .bind(effect.outcome())
         .execute(&mut *tx)
         .await?;

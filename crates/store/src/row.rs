@@ -16,7 +16,7 @@ macro_rules! payout_columns {
          total_attempts, submit_attempts, submit_in_flight, provider_reference, submit_request, \
          submitted_at, last_status_at, last_error, traceparent, created_at, updated_at, finalized_at, \
          status_queries, not_found_answers, failed_steps, parked_at, provider_contact_bound, \
-         provider_payout_id, now() AS db_now"
+         provider_payout_id, batch_id, now() AS db_now"
     };
 }
 pub(crate) use payout_columns;
@@ -55,6 +55,7 @@ pub struct RawPayoutRow {
     parked_at: Option<DateTime<Utc>>,
     provider_contact_bound: Option<DateTime<Utc>>,
     provider_payout_id: Option<String>,
+    batch_id: Option<Uuid>,
     db_now: DateTime<Utc>,
 }
 
@@ -99,6 +100,8 @@ pub struct PayoutRow {
     pub provider_contact_bound: Option<DateTime<Utc>>,
     /// The provider's own id of the payout, where its status call needs one (8B REST).
     pub provider_payout_id: Option<String>,
+    /// The mass-payout batch the payout came in, if any.
+    pub batch_id: Option<Uuid>,
     /// The database's clock when the row was read. Due times are compared with this, never
     /// with the worker's own clock, which may run ahead or behind (DESIGN rule 7).
     pub db_now: DateTime<Utc>,
@@ -161,6 +164,7 @@ impl TryFrom<RawPayoutRow> for PayoutRow {
             parked_at: r.parked_at,
             provider_contact_bound: r.provider_contact_bound,
             provider_payout_id: r.provider_payout_id,
+            batch_id: r.batch_id,
             db_now: r.db_now,
         })
     }

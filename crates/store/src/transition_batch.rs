@@ -206,8 +206,8 @@ pub async fn apply_batch(
 
     let mut events = Events::default();
     let mut matched: Vec<(Uuid, String)> = Vec::new();
-    let mut announced: Vec<(Uuid, PayoutState)> = Vec::new();
-    let mut rows: Vec<(usize, RawPayoutRow)> = Vec::with_capacity(written.len());
+    let mut announced: Vec<(usize, PayoutState)> = Vec::new();
+    let mut rows: Vec<(usize, Option<PayoutRow>)> = Vec::with_capacity(written.len());
     for WrittenRow { u_ord, raw } in written {
         let ord = usize::try_from(u_ord).unwrap_or(usize::MAX);
         let Some((lease, t)) = items.get(ord) else {
@@ -224,9 +224,9 @@ pub async fn apply_batch(
             matched.push((lease.payout_id, id.clone()));
         }
         if t.from != t.to && (t.to.is_final() || t.to.is_parked()) {
-            announced.push((lease.payout_id, t.to));
+            announced.push((rows.len(), t.to));
         }
-        rows.push((ord, raw));
+        rows.push((ord, PayoutRow::try_from(raw).ok()));
     }
     events.insert(&mut tx).await?;
     // A webhook that named a provider id before the answer carrying it arrived is now matched.
@@ -244,17 +244,21 @@ pub async fn apply_batch(
         .await?;
     }
     // The webhook outbox: final states and needs_review are announced in this transaction.
-    for (payout_id, state) in announced {
-        webhooks::record_payout_change(&mut tx, payout_id, PayoutChange::Entered(state)).await?;
+    for (at, state) in announced {
+        let change = PayoutChange::Entered(state);
+        match &rows[at] {
+            (_, Some(row)) => webhooks::record_change_of(&mut tx, row, change).await?,
+            (ord, None) => webhooks::record_payout_change(&mut tx, items[*ord].0.payout_id, change).await?,
+        }
     }
     tx.commit().await?;
 
-    for (ord, raw) in rows {
+    for (ord, row) in rows {
         let (_, t) = items[ord];
         for (from, to, _) in t.moves() {
             crate::telemetry::transition(from, to, &t.actor);
         }
-        results[ord] = Some(Ok(PayoutRow::try_from(raw).ok()));
+        results[ord] = Some(Ok(row));
     }
     let mut out = Vec::with_capacity(items.len());
     for (ord, result) in results.into_iter().enumerate() {

@@ -276,19 +276,7 @@ pub(crate) async fn record_payout_change(
     payout_id: Uuid,
     change: PayoutChange,
 ) -> Result<(), StoreError> {
-    let events: Vec<(EventType, Option<Value>)> = match change {
-        PayoutChange::Entered(state) => EventType::for_state(state).map(|t| (t, None)).into_iter().collect(),
-        PayoutChange::Resolved { by, to } => {
-            let resolution = json!({ "by": by.as_str(), "to": to.as_str() });
-            let mut v = vec![(EventType::PayoutResolved, Some(resolution))];
-            if to.is_final()
-                && let Some(t) = EventType::for_state(to)
-            {
-                v.push((t, None));
-            }
-            v
-        }
-    };
+    let events = events_of(change);
     if events.is_empty() {
         return crate::batches::after_payout_change(tx, payout_id, change).await;
     }
@@ -297,8 +285,8 @@ pub(crate) async fn record_payout_change(
             .bind(payout_id)
             .fetch_one(&mut **tx)
             .await?;
-    let (client_id, view, now) = match PayoutRow::try_from(raw) {
-        Ok(row) => (row.client_id.clone(), payout_view::payout_json(&row), row.db_now),
+    match PayoutRow::try_from(raw) {
+        Ok(row) => record_change_of(tx, &row, change).await,
         // A poison row that does not decode is parked all the same, and announced with what
         // can be read of it: the transition must not fail because its event cannot show more.
         Err(_) => {
@@ -311,16 +299,48 @@ pub(crate) async fn record_payout_change(
                 .await?;
             let view = json!({ "id": payout_id, "external_id": external_id, "state": state, "final": false,
                                "undecodable": true });
-            (client_id, view, now)
+            for (event_type, resolution) in events {
+                insert_event(tx, payout_id, &client_id, now, &view, event_type, resolution).await?;
+            }
+            crate::batches::after_payout_change(tx, payout_id, change).await
         }
-    };
-    for (event_type, resolution) in events {
-        insert_event(tx, payout_id, &client_id, now, &view, event_type, resolution).await?;
+    }
+}
+
+/// [`record_payout_change`] for a payout the caller has just written and read back in `tx`
+/// (its `RETURNING`): no second read of the row.
+pub(crate) async fn record_change_of(
+    tx: &mut Transaction<'_, Postgres>,
+    row: &PayoutRow,
+    change: PayoutChange,
+) -> Result<(), StoreError> {
+    let events = events_of(change);
+    if !events.is_empty() {
+        let view = payout_view::payout_json(row);
+        for (event_type, resolution) in events {
+            insert_event(tx, row.id, &row.client_id, row.db_now, &view, event_type, resolution).await?;
+        }
     }
     // The last payout of a batch to become final completes it (batch.completed), here, in the
     // same transaction.
-    crate::batches::after_payout_change(tx, payout_id, change).await?;
-    Ok(())
+    crate::batches::after_change_in_batch(tx, row.id, row.batch_id, change).await
+}
+
+/// The webhook events a change produces.
+fn events_of(change: PayoutChange) -> Vec<(EventType, Option<Value>)> {
+    match change {
+        PayoutChange::Entered(state) => EventType::for_state(state).map(|t| (t, None)).into_iter().collect(),
+        PayoutChange::Resolved { by, to } => {
+            let resolution = json!({ "by": by.as_str(), "to": to.as_str() });
+            let mut v = vec![(EventType::PayoutResolved, Some(resolution))];
+            if to.is_final()
+                && let Some(t) = EventType::for_state(to)
+            {
+                v.push((t, None));
+            }
+            v
+        }
+    }
 }
 
 async fn insert_event(
