@@ -117,7 +117,7 @@ async fn serve(
     let stop = CancellationToken::new();
     let cancelled = stop.clone();
     tokio::spawn(async move {
-        let state = AppState { pool, connectors };
+        let state = AppState::new(pool, connectors);
         let _ = payoutd_server::serve_with_limits(listener, state, &limits, async move {
             cancelled.cancelled().await
         })

@@ -32,7 +32,7 @@ async fn serve(app: &TestApp, settings: BatchSettings) -> (String, CancellationT
     let api = format!("http://{}", listener.local_addr().expect("addr"));
     let limits =
         HttpLimits { batches: settings, request_timeout: Duration::from_secs(120), ..HttpLimits::default() };
-    let state = AppState { pool: app.db.pool.clone(), connectors: app.connectors.clone() };
+    let state = AppState::new(app.db.pool.clone(), app.connectors.clone());
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {

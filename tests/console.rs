@@ -55,7 +55,7 @@ impl Console {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let limits = HttpLimits { batches: config.batches.clone(), ..HttpLimits::default() };
-        let state = AppState { pool: app.db.pool.clone(), connectors: app.connectors.clone() };
+        let state = AppState::new(app.db.pool.clone(), app.connectors.clone());
         // As crates/payoutd/src/app.rs merges them.
         let extra =
             operator_api::routes(OperatorApi::default(), &limits).merge(console::routes(config, &limits));

@@ -198,3 +198,66 @@ async fn a_busy_worker_commits_many_payouts_transitions_together() {
     assert_no_double_execution(&app.sandbox);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_enqueues_share_commits_and_each_key_stores_one_payout() {
+    let app = TestApp::spawn(no_workers()).await;
+    let token = app.token(&["*"]).await;
+    // 60 requests at once: 40 distinct payouts, and 20 that repeat one of the first 10 keys
+    // with the same body (replays) or another body (conflicts).
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let n = if i < 40 { i } else { i % 10 };
+        let amount = if i >= 50 { "9.99" } else { "1.00" };
+        let body = payoutd_tests::payout_body(&format!("gc-{n}"), amount, "USD");
+        let req = app
+            .http
+            .post(format!("{}/v1/payouts", app.api))
+            .bearer_auth(&token)
+            .header("idempotency-key", format!("gc-key-{n}"))
+            .json(&body);
+        requests.spawn(async move {
+            let r = req.send().await.expect("post");
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.expect("json");
+            (i, status, v)
+        });
+    }
+    let answers = requests.join_all().await;
+    let pool = &app.db.pool;
+    let mut created = std::collections::HashMap::new();
+    for (i, status, v) in &answers {
+        match status {
+            201 => {
+                let n = if *i < 40 { *i } else { i % 10 };
+                assert!(created.insert(n, v["id"].clone()).is_none(), "two payouts for key {n}");
+            }
+            200 | 409 => {}
+            other => panic!("request {i}: {other} {v}"),
+        }
+    }
+    assert_eq!(created.len(), 40, "one payout per key");
+    let conflicts = answers.iter().filter(|(_, s, _)| *s == 409).count();
+    let replays = answers.iter().filter(|(_, s, _)| *s == 200).count();
+    // Requests 50..59 carry another body under a taken key; 40..49 replay theirs. Which request
+    // of a key arrives first decides which one is stored, so only the totals are fixed.
+    assert_eq!((replays + conflicts, created.len()), (20, 40));
+    let (payouts, commits): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM payouts")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payout_events WHERE reason = 'payout accepted'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    println!("{payouts} payouts in {commits} commits");
+    assert!(commits < payouts, "no commit carried two payouts: {commits} commits for {payouts}");
+    assert_eq!(
+        (payouts, events),
+        (40, 40),
+        "each stored payout has its first event, and no other was stored"
+    );
+    app.shutdown().await;
+}

@@ -42,7 +42,7 @@ impl Ops {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let api = format!("http://{}", listener.local_addr().expect("addr"));
         let limits = HttpLimits::default();
-        let state = AppState { pool: app.db.pool.clone(), connectors: app.connectors.clone() };
+        let state = AppState::new(app.db.pool.clone(), app.connectors.clone());
         let router = payoutd_server::router_with_extra(state, &limits, operator_api::routes(config, &limits));
         let stop = CancellationToken::new();
         let s = stop.clone();

@@ -254,7 +254,7 @@ impl Hooks {
         let limits = HttpLimits::default();
         let config =
             WebhooksApi { sealing_key: Some(Arc::new(SealingKey::from_base64(&key).expect("key"))), policy };
-        let state = AppState { pool: app.db.pool.clone(), connectors: app.connectors.clone() };
+        let state = AppState::new(app.db.pool.clone(), app.connectors.clone());
         let router = payoutd_server::router_with_extra(state, &limits, webhooks_api::routes(config, &limits));
         let stop = CancellationToken::new();
         let s = stop.clone();

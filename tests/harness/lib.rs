@@ -218,7 +218,7 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let workers_stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let state = payoutd_server::AppState { pool: db.pool.clone(), connectors: connectors.clone() };
+        let state = payoutd_server::AppState::new(db.pool.clone(), connectors.clone());
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let _ = payoutd_server::serve(listener, state, async move { stop.cancelled().await }).await;

@@ -174,7 +174,7 @@ pub async fn run(
     if let Some(listener) = listener {
         let addr: SocketAddr = listener.local_addr()?;
         tracing::info!(%addr, ?http, "API listening");
-        let state = AppState { pool: pool.clone(), connectors: connectors.clone() };
+        let state = AppState::new(pool.clone(), connectors.clone());
         let stop = shutdown.clone();
         let mut extra = payoutd_server::webhooks_api::routes(webhooks_api, &http)
             .merge(payoutd_server::operator_api::routes(ops.operator.clone(), &http));

@@ -114,7 +114,7 @@ async fn run_on(options: PgConnectOptions, args: DemoArgs) -> anyhow::Result<()>
     let shutdown = CancellationToken::new();
     let mut services = tokio::task::JoinSet::new();
     {
-        let state = payoutd_server::AppState { pool: pool.clone(), connectors: connectors.clone() };
+        let state = payoutd_server::AppState::new(pool.clone(), connectors.clone());
         let stop = shutdown.clone();
         services.spawn(async move {
             let _ = payoutd_server::serve(listener, state, async move { stop.cancelled().await }).await;

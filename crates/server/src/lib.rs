@@ -1,7 +1,8 @@
 //! payoutd's HTTP surface (axum).
 //!
 //! - [`auth`]: bearer client tokens with scopes; 401 for no/unknown token, 403 for a missing scope.
-//! - [`payouts_api`]: `POST /v1/payouts` (idempotent) and `GET /v1/payouts/{id}`.
+//! - [`payouts_api`]: `POST /v1/payouts` (idempotent) and `GET /v1/payouts/{id}`;
+//!   [`enqueue_batcher`]: concurrent enqueues stored in one commit, each answered after it.
 //! - [`request`]: turning a JSON body into a [`payoutd_core::NewPayout`], naming every bad field.
 //! - [`callbacks_api`]: `POST /v1/callbacks/{provider}`, verified over the exact bytes.
 //! - [`error`]: the one place API errors become HTTP status codes.
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod batches_api;
 pub mod callbacks_api;
 pub mod console;
+pub mod enqueue_batcher;
 pub mod error;
 pub mod health;
 pub mod openapi;
@@ -54,6 +56,16 @@ use tower_http::timeout::TimeoutLayer;
 pub struct AppState {
     pub pool: PgPool,
     pub connectors: Connectors,
+    /// Group commit of `POST /v1/payouts`.
+    pub enqueues: enqueue_batcher::EnqueueBatcher,
+}
+
+impl AppState {
+    /// The state of one API process; starts its enqueue lanes (inside a Tokio runtime).
+    pub fn new(pool: PgPool, connectors: Connectors) -> Self {
+        let enqueues = enqueue_batcher::EnqueueBatcher::start(pool.clone());
+        Self { pool, connectors, enqueues }
+    }
 }
 
 /// Bounds of the HTTP server (DESIGN rule 13). The callback endpoint needs no token, so these

@@ -10,9 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use payoutd_store::PayoutRow;
-use payoutd_store::client_limits::{self, LimitedEnqueue};
+use payoutd_store::client_limits::LimitedEnqueue;
 use payoutd_store::payout_view;
-use payoutd_store::payouts::{self, Enqueue, EnqueueResult, Event};
+use payoutd_store::payouts::{self, EnqueueResult, Event, OwnedEnqueue};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -63,18 +63,18 @@ pub async fn create(
     let account = connector.account();
     let hash = request::canonical_hash(&payout);
     // Enqueued under the client's limits, if it has any (checked in the insert's transaction).
-    let limited = client_limits::enqueue(
-        &state.pool,
-        &Enqueue {
-            client_id: &caller.client_id,
-            idempotency_key: &idempotency_key,
-            request_hash: &hash,
-            account: &account,
-            payout: &payout,
-            traceparent: traceparent.as_deref(),
-        },
-    )
-    .await?;
+    // Stored in the next group commit, and answered only after it.
+    let limited = state
+        .enqueues
+        .enqueue(OwnedEnqueue {
+            client_id: caller.client_id.clone(),
+            idempotency_key,
+            request_hash: hash.to_vec(),
+            account: account.to_string(),
+            payout,
+            traceparent,
+        })
+        .await?;
     let result = match limited {
         LimitedEnqueue::Done(result) => *result,
         LimitedEnqueue::OverLimit(violation) => return Ok(crate::operator_api::limit_exceeded(&violation)),

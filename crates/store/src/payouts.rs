@@ -184,3 +184,118 @@ pub async fn trace_by_reference(
             .await?;
     Ok(found)
 }
+
+/// An [`Enqueue`] that owns its data, for handing it to another task (the API's group commit).
+#[derive(Debug, Clone)]
+pub struct OwnedEnqueue {
+    pub client_id: String,
+    pub idempotency_key: String,
+    pub request_hash: Vec<u8>,
+    pub account: String,
+    pub payout: NewPayout,
+    pub traceparent: Option<String>,
+}
+
+impl OwnedEnqueue {
+    pub fn as_enqueue(&self) -> Enqueue<'_> {
+        Enqueue {
+            client_id: &self.client_id,
+            idempotency_key: &self.idempotency_key,
+            request_hash: &self.request_hash,
+            account: &self.account,
+            payout: &self.payout,
+            traceparent: self.traceparent.as_deref(),
+        }
+    }
+}
+
+/// Stores many new payouts in one transaction (group commit): one INSERT for the payouts, one
+/// for their first events, one wake-up, one commit. Each payout is inserted exactly as by
+/// [`enqueue`]; an item whose idempotency key or external_id is taken (by an older payout or
+/// by an earlier item of the same batch) is not inserted and gets [`enqueue`]'s answer for it
+/// after the commit. `Err` only when the database failed the whole batch (nothing stored).
+pub async fn enqueue_batch(
+    pool: &PgPool,
+    items: &[Enqueue<'_>],
+) -> Result<Vec<Result<EnqueueResult, StoreError>>, StoreError> {
+    let mut ids = Vec::with_capacity(items.len());
+    let mut clients = Vec::with_capacity(items.len());
+    let mut external_ids = Vec::with_capacity(items.len());
+    let mut keys = Vec::with_capacity(items.len());
+    let mut hashes = Vec::with_capacity(items.len());
+    let mut providers = Vec::with_capacity(items.len());
+    let mut accounts = Vec::with_capacity(items.len());
+    let mut amounts = Vec::with_capacity(items.len());
+    let mut currencies = Vec::with_capacity(items.len());
+    let mut destinations = Vec::with_capacity(items.len());
+    let mut traceparents = Vec::with_capacity(items.len());
+    for e in items {
+        ids.push(Uuid::now_v7());
+        clients.push(e.client_id);
+        external_ids.push(e.payout.external_id.as_str());
+        keys.push(e.idempotency_key);
+        hashes.push(e.request_hash.to_vec());
+        providers.push(e.payout.provider.as_str());
+        accounts.push(e.account);
+        amounts.push(e.payout.money.amount());
+        currencies.push(e.payout.money.currency().code());
+        destinations.push(
+            serde_json::to_value(&e.payout.destination)
+                .map_err(|err| StoreError::Corrupt(err.to_string()))?,
+        );
+        traceparents.push(e.traceparent);
+    }
+    let mut tx = pool.begin().await?;
+    // In item order, so that of two items with the same key the earlier one is stored.
+    let inserted: Vec<RawPayoutRow> = sqlx::query_as(concat!(
+        "INSERT INTO payouts (id, client_id, external_id, idempotency_key, request_hash, provider,
+                              account, amount, currency, destination, state, next_run_at, traceparent)
+         SELECT u.id, u.client_id, u.external_id, u.idempotency_key, u.request_hash, u.provider, u.account,
+                u.amount, u.currency, u.destination, 'pending', now(), u.traceparent
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[],
+                       $8::numeric[], $9::text[], $10::jsonb[], $11::text[]) WITH ORDINALITY
+                AS u(id, client_id, external_id, idempotency_key, request_hash, provider, account, amount,
+                     currency, destination, traceparent, n)
+          ORDER BY u.n
+         ON CONFLICT DO NOTHING
+         RETURNING ",
+        payout_columns!()
+    ))
+    .bind(&ids)
+    .bind(&clients)
+    .bind(&external_ids)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&providers)
+    .bind(&accounts)
+    .bind(&amounts)
+    .bind(&currencies)
+    .bind(&destinations)
+    .bind(&traceparents)
+    .fetch_all(&mut *tx)
+    .await?;
+    let stored: Vec<Uuid> = inserted.iter().map(RawPayoutRow::id).collect();
+    if !stored.is_empty() {
+        sqlx::query(
+            "INSERT INTO payout_events (payout_id, from_state, to_state, actor, reason)
+             SELECT id, NULL, 'pending', 'api', 'payout accepted' FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n)
+              ORDER BY n",
+        )
+        .bind(&stored)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(crate::queue::WAKE_IF_IDLE).bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+
+    let mut rows: std::collections::HashMap<Uuid, RawPayoutRow> =
+        inserted.into_iter().map(|raw| (raw.id(), raw)).collect();
+    let mut results = Vec::with_capacity(items.len());
+    for (e, id) in items.iter().zip(&ids) {
+        results.push(match rows.remove(id) {
+            Some(raw) => PayoutRow::try_from(raw).map(EnqueueResult::Created),
+            None => existing(pool, e).await,
+        });
+    }
+    Ok(results)
+}

@@ -155,7 +155,7 @@ impl Api {
 
     pub fn serve_on(listener: tokio::net::TcpListener, pool: PgPool, connectors: &Connectors) -> Self {
         let base = listener.local_addr().map(|a| format!("http://{a}")).unwrap_or_default();
-        let state = payoutd_server::AppState { pool, connectors: connectors.clone() };
+        let state = payoutd_server::AppState::new(pool, connectors.clone());
         let stop = CancellationToken::new();
         let until = stop.clone();
         let task = tokio::spawn(async move {
