@@ -329,6 +329,39 @@ pub async fn lock_client_currency(
     Ok(())
 }
 
+/// [`enqueue`] for many payouts at once (the API's group commit): the payouts of clients
+/// without limits are stored together by [`payouts::enqueue_batch`]; a client with limits
+/// keeps its own transaction per payout, under its limit lock. One result per item, in order;
+/// `Err` only when the database failed the whole group (nothing of it stored).
+pub async fn enqueue_many(
+    pool: &PgPool,
+    items: &[Enqueue<'_>],
+) -> Result<Vec<Result<LimitedEnqueue, StoreError>>, StoreError> {
+    let clients: Vec<&str> = items.iter().map(|e| e.client_id).collect();
+    let with_limits: Vec<String> =
+        sqlx::query_scalar("SELECT client_id FROM client_limits WHERE client_id = ANY($1)")
+            .bind(&clients)
+            .fetch_all(pool)
+            .await?;
+    let (limited, free): (Vec<usize>, Vec<usize>) =
+        (0..items.len()).partition(|i| with_limits.iter().any(|c| c == items[*i].client_id));
+    let mut results: Vec<Option<Result<LimitedEnqueue, StoreError>>> =
+        (0..items.len()).map(|_| None).collect();
+    if !free.is_empty() {
+        let batch: Vec<Enqueue<'_>> = free.iter().map(|i| items[*i].clone()).collect();
+        for (i, result) in free.iter().zip(payouts::enqueue_batch(pool, &batch).await?) {
+            results[*i] = Some(result.map(|r| LimitedEnqueue::Done(Box::new(r))));
+        }
+    }
+    for i in limited {
+        results[i] = Some(enqueue(pool, &items[i]).await);
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Corrupt("enqueue lost".into()))))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use payoutd_core::Currency;
@@ -403,37 +436,4 @@ mod tests {
             Limit::MaxAmountPerPayout
         );
     }
-}
-
-/// [`enqueue`] for many payouts at once (the API's group commit): the payouts of clients
-/// without limits are stored together by [`payouts::enqueue_batch`]; a client with limits
-/// keeps its own transaction per payout, under its limit lock. One result per item, in order;
-/// `Err` only when the database failed the whole group (nothing of it stored).
-pub async fn enqueue_many(
-    pool: &PgPool,
-    items: &[Enqueue<'_>],
-) -> Result<Vec<Result<LimitedEnqueue, StoreError>>, StoreError> {
-    let clients: Vec<&str> = items.iter().map(|e| e.client_id).collect();
-    let with_limits: Vec<String> =
-        sqlx::query_scalar("SELECT client_id FROM client_limits WHERE client_id = ANY($1)")
-            .bind(&clients)
-            .fetch_all(pool)
-            .await?;
-    let (limited, free): (Vec<usize>, Vec<usize>) =
-        (0..items.len()).partition(|i| with_limits.iter().any(|c| c == items[*i].client_id));
-    let mut results: Vec<Option<Result<LimitedEnqueue, StoreError>>> =
-        (0..items.len()).map(|_| None).collect();
-    if !free.is_empty() {
-        let batch: Vec<Enqueue<'_>> = free.iter().map(|i| items[*i].clone()).collect();
-        for (i, result) in free.iter().zip(payouts::enqueue_batch(pool, &batch).await?) {
-            results[*i] = Some(result.map(|r| LimitedEnqueue::Done(Box::new(r))));
-        }
-    }
-    for i in limited {
-        results[i] = Some(enqueue(pool, &items[i]).await);
-    }
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(StoreError::Corrupt("enqueue lost".into()))))
-        .collect())
 }
