@@ -109,6 +109,7 @@ async fn post(sandbox: &Sandbox, finalized: &Finalized) -> Answer {
         return Answer::NoReceiver;
     };
     let form = callback_form(finalized, sandbox.secret());
+    let _slot = sandbox.runtime.delivery_slot().await;
     sandbox.with_ledger(|l| l.stats.callbacks_sent += 1);
     let answer = match sandbox.runtime.http().post(&url).form(&form).send().await {
         Ok(response) if response.status() == reqwest::StatusCode::OK => {

@@ -42,7 +42,15 @@ pub(crate) struct Runtime {
     shutdown: watch::Receiver<bool>,
     /// Kept so tests can see that payoutd propagates its trace context.
     traceparents: Traceparents,
+    /// Callbacks and webhooks in flight at once. A real provider delivers with bounded
+    /// concurrency; without a bound, a receiver slower than the payouts finishing would have
+    /// the sandbox open a connection per waiting delivery (thousands, until file descriptors
+    /// run out).
+    deliveries: tokio::sync::Semaphore,
 }
+
+/// Most callbacks and webhooks one sandbox has in flight at once.
+const MAX_DELIVERIES_IN_FLIGHT: usize = 32;
 
 /// A bound listener that does not serve yet: the simulator's state is built in between,
 /// because its router needs it.
@@ -82,7 +90,13 @@ pub(crate) async fn bind(
         .build()
         .map_err(|e| SandboxError::Client(e.without_url().to_string()))?;
     let (stop, shutdown) = watch::channel(false);
-    let runtime = Runtime { http, tasks: TaskTracker::new(), shutdown, traceparents: Arc::default() };
+    let runtime = Runtime {
+        http,
+        tasks: TaskTracker::new(),
+        shutdown,
+        traceparents: Arc::default(),
+        deliveries: tokio::sync::Semaphore::new(MAX_DELIVERIES_IN_FLIGHT),
+    };
     Ok((runtime, Listener { listener, addr, stop }))
 }
 
@@ -106,6 +120,11 @@ impl Runtime {
 
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Waits for a delivery slot; hold it for the whole delivery (request and answer).
+    pub(crate) async fn delivery_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.deliveries.acquire().await.ok()
     }
 
     /// (path, traceparent) of the requests that carried a `traceparent`, oldest first.

@@ -473,3 +473,49 @@ async fn standalone_mode_stops_on_its_shutdown_future() {
     });
     tokio::time::timeout(Duration::from_secs(5), run).await.expect("stops").expect("runs cleanly");
 }
+
+#[tokio::test]
+async fn callbacks_to_a_slow_receiver_stay_within_a_bounded_number_in_flight() {
+    // A receiver that takes 100 ms per callback and records how many it held at once.
+    type Gauge = Arc<Mutex<(usize, usize, usize)>>; // (now, most, total)
+    async fn slow(State(gauge): State<Gauge>) -> &'static str {
+        {
+            let mut g = gauge.lock().expect("lock");
+            g.0 += 1;
+            g.1 = g.1.max(g.0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut g = gauge.lock().expect("lock");
+        g.0 -= 1;
+        g.2 += 1;
+        "OK"
+    }
+    let gauge: Gauge = Arc::default();
+    let app = axum::Router::new().route("/callbacks/8b", axum::routing::post(slow)).with_state(gauge.clone());
+    let listener = tokio::net::TcpListener::bind(loopback()).await.expect("bind");
+    let url = format!("http://{}/callbacks/8b", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sb = sandbox(|config| {
+        config.callback_url = Some(url);
+        config.processing_delay = Duration::ZERO;
+    })
+    .await;
+    let c = connector(&sb);
+    let payouts = 120;
+    for n in 0..payouts {
+        let request = c.freeze_submit(&payout("1000", "IDR"), &format!("slow-{n}"), Utc::now());
+        assert_eq!(c.submit(&request).await, SubmitOutcome::Accepted { provider_id: None });
+    }
+    // All 120 finish at once; at 100 ms each, one at a time would take 12 s.
+    for _ in 0..1000 {
+        if gauge.lock().expect("lock").2 >= payouts {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, most, total) = *gauge.lock().expect("lock");
+    assert_eq!(total, payouts, "every callback delivered");
+    assert!(most <= 32, "{most} callbacks in flight at once");
+    assert!(most > 1, "deliveries still run side by side: {most}");
+    sb.shutdown().await.expect("clean shutdown");
+}

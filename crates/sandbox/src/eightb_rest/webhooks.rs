@@ -74,6 +74,7 @@ async fn post(sandbox: &RestSandbox, last: &Final) -> Answer {
         return Answer::NoReceiver;
     };
     let url = format!("{}/{}", base.trim_end_matches('/'), last.disbursement_id);
+    let _slot = sandbox.runtime.delivery_slot().await;
     sandbox.with_books(|b| b.stats.webhooks_sent += 1);
     let answer = match sandbox.runtime.http().post(&url).json(&last.webhook).send().await {
         Ok(response) if response.status().is_success() => Answer::Acknowledged,

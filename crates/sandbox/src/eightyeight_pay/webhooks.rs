@@ -97,6 +97,7 @@ async fn post(sandbox: &PaySandbox, delivery: &Delivery) -> bool {
         sandbox.with_ledger(|l| l.stats.webhooks_dropped += 1);
         return false;
     }
+    let _slot = sandbox.runtime.delivery_slot().await;
     sandbox.with_ledger(|l| l.stats.webhooks_sent += 1);
     let request = sandbox
         .runtime
