@@ -91,9 +91,12 @@ async fn write_batch(pool: &PgPool, batch: Vec<Request>) {
                 let _ = request.reply.send(result);
             }
         }
-        // The database failed the whole commit (nothing of it was written): each write alone,
-        // so that one bad row fails only its own step.
-        Err(e) if batch.len() > 1 => {
+        // The database refused the batch (an error it reported, so nothing of it was
+        // committed): each write alone, so that one bad row fails only its own step. A lost
+        // connection is not retried: its commit may have happened, and a write repeated could
+        // record a second "submit started" for one call. Those steps fail, and their payouts
+        // come back when the lease expires.
+        Err(e @ StoreError::Database(sqlx::Error::Database(_))) if batch.len() > 1 => {
             tracing::warn!(error = %e, writes = batch.len(), "batch commit failed; writing its items one by one");
             for request in batch {
                 let result = transitions::apply_and_read(pool, &request.lease, &request.transition).await;
@@ -101,8 +104,13 @@ async fn write_batch(pool: &PgPool, batch: Vec<Request>) {
             }
         }
         Err(e) => {
-            if let Some(request) = batch.into_iter().next() {
+            let why = e.to_string();
+            let mut batch = batch.into_iter();
+            if let Some(request) = batch.next() {
                 let _ = request.reply.send(Err(e));
+            }
+            for request in batch {
+                let _ = request.reply.send(Err(StoreError::GroupCommitFailed(why.clone())));
             }
         }
     }

@@ -21,4 +21,9 @@ pub enum StoreError {
     /// restore check has run. Nothing was written.
     #[error("held: {0}")]
     Held(String),
+    /// A group commit this write was part of failed without saying whether it committed (a
+    /// lost connection). The write is not repeated; its payout comes back when its lease
+    /// expires.
+    #[error("the group commit failed: {0}")]
+    GroupCommitFailed(String),
 }
