@@ -174,18 +174,9 @@ pub async fn apply(pool: &PgPool, lease: &Lease, t: &Transition) -> Result<(), S
 /// [`apply`], and the payout as this write left it (read by the same statement, so a step
 /// that keeps the lease needs no second round trip to see its payout). `None`: written, but
 /// the row does not decode.
-#[tracing::instrument(
-    name = "transition write",
-    skip_all,
-    fields(
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        payout.id = %lease.payout_id,
-        payout.fencing_token = lease.fencing_token,
-        payout.state = %t.from,
-        transition.to = %t.to,
-    )
-)]
+///
+/// A batch of one: the engine's own writes go through its group commit, whose handle opens the
+/// "transition write" span of each payout.
 pub async fn apply_and_read(
     pool: &PgPool,
     lease: &Lease,
