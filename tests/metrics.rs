@@ -166,6 +166,8 @@ async fn metrics_and_probes_on_the_admin_listener() {
         ("payoutd_transitions_total", &["to=\"paid\""][..]),
         ("payoutd_step_duration_seconds_count", &["state=\"pending\"", "result=\"ok\""][..]),
         ("payoutd_step_duration_seconds_bucket", &["le=\"+Inf\""][..]),
+        ("payoutd_group_commit_writes_count", &[][..]),
+        ("payoutd_group_commit_writes_bucket", &["le=\"256\""][..]),
         ("payoutd_provider_call_duration_seconds_count", &["operation=\"payout\"", "outcome=\"ok\""][..]),
         ("payoutd_provider_call_duration_seconds_bucket", &["operation=\"balance\"", "le=\"+Inf\""][..]),
         ("payoutd_provider_errors_total", &["class=\"http_5xx\""][..]),

@@ -14,6 +14,7 @@ use payoutd_providers::telemetry::{DURATION_BUCKETS, meter};
 
 pub(crate) struct Instruments {
     pub step_duration: Histogram<f64>,
+    pub group_commit_writes: Histogram<u64>,
     pub retries: Counter<u64>,
     pub rate_limit_waits: Counter<u64>,
     pub leases_lost: Counter<u64>,
@@ -36,6 +37,12 @@ pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
             .with_unit("s")
             .with_description("Engine steps, claim to written transition, by provider, state and result")
             .with_boundaries(DURATION_BUCKETS.to_vec())
+            .build(),
+        group_commit_writes: meter
+            .u64_histogram("payoutd.group_commit.writes")
+            .with_unit("{write}")
+            .with_description("Payout writes per commit of a worker's group commit (1: no batching happened)")
+            .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
             .build(),
         retries: meter
             .u64_counter("payoutd.retries.scheduled")

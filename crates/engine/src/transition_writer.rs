@@ -18,6 +18,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::telemetry::INSTRUMENTS;
+
 /// Most writes one commit carries: beyond this the statement's arrays grow without a gain.
 pub const MAX_BATCH: usize = 256;
 /// Commits in flight at once: while one lane waits for its commit, the next collects.
@@ -84,6 +86,7 @@ async fn lane(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>
 }
 
 async fn write_batch(pool: &PgPool, batch: Vec<Request>) {
+    INSTRUMENTS.group_commit_writes.record(batch.len() as u64, &[]);
     let items: Vec<(&Lease, &Transition)> = batch.iter().map(|r| (&r.lease, &r.transition)).collect();
     match transition_batch::apply_batch(pool, &items).await {
         Ok(results) => {
