@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::payouts::{NewPayoutColumns, new_payout_columns};
 use crate::row::{RawPayoutRow, payout_columns};
 use crate::webhooks::{PayoutChange, WEBHOOK_CHANNEL};
 use crate::{PayoutRow, StoreError, WAKE_CHANNEL, payout_view};
@@ -323,55 +324,31 @@ pub async fn create(pool: &PgPool, new: &NewBatch<'_>) -> Result<CreateBatch, St
     };
     for chunk in new.rows.chunks(CHUNK) {
         let n = chunk.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut external = Vec::with_capacity(n);
-        let mut hashes: Vec<Vec<u8>> = Vec::with_capacity(n);
-        let mut providers = Vec::with_capacity(n);
-        let mut accounts = Vec::with_capacity(n);
-        let mut amounts: Vec<Decimal> = Vec::with_capacity(n);
-        let mut currencies = Vec::with_capacity(n);
-        let mut destinations = Vec::with_capacity(n);
+        let mut columns = NewPayoutColumns::default();
         let mut rows = Vec::with_capacity(n);
         for r in chunk {
-            ids.push(Uuid::now_v7());
-            external.push(r.payout.external_id.as_str());
-            hashes.push(r.request_hash.clone());
-            providers.push(r.payout.provider.as_str());
-            accounts.push(r.account.as_str());
-            amounts.push(r.payout.money.amount());
-            currencies.push(r.payout.money.currency().code());
-            destinations.push(
-                serde_json::to_string(&r.payout.destination)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
+            columns.push(r.payout, &r.request_hash, &r.account)?;
             rows.push(i32::try_from(r.row).unwrap_or(i32::MAX));
         }
-        let stored: Vec<i32> = sqlx::query_scalar(
-            "INSERT INTO payouts (id, client_id, external_id, idempotency_key, request_hash, provider, account,
-                                  amount, currency, destination, state, next_run_at, batch_id, batch_row)
-             SELECT u.id, $1, u.external_id, 'external_id:' || u.external_id, u.request_hash, u.provider,
-                    u.account, u.amount, u.currency, u.destination::jsonb, 'pending',
-                    CASE WHEN $3 THEN NULL ELSE now() END, $2, u.row
-               FROM UNNEST($4::uuid[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::numeric[],
-                           $10::text[], $11::text[], $12::int4[])
-                    AS u (id, external_id, request_hash, provider, account, amount, currency, destination, row)
-             ON CONFLICT DO NOTHING
-             RETURNING batch_row",
-        )
-        .bind(new.client_id)
-        .bind(id)
-        .bind(new.awaiting_approval)
-        .bind(&ids)
-        .bind(&external)
-        .bind(&hashes)
-        .bind(&providers)
-        .bind(&accounts)
-        .bind(&amounts)
-        .bind(&currencies)
-        .bind(&destinations)
-        .bind(&rows)
-        .fetch_all(&mut *tx)
-        .await?;
+        let stored: Vec<(i32,)> = columns
+            .bind(sqlx::query_as(concat!(
+                "INSERT INTO payouts (id, client_id, external_id, idempotency_key, request_hash, provider, account,
+                                      amount, currency, destination, state, next_run_at, batch_id, batch_row)
+                 SELECT u.id, $9, u.external_id, 'external_id:' || u.external_id, u.request_hash, u.provider,
+                        u.account, u.amount, u.currency, u.destination, 'pending',
+                        CASE WHEN $11 THEN NULL ELSE now() END, $10, r.row
+                   FROM ",
+                new_payout_columns!(),
+                " JOIN unnest($12::int4[]) WITH ORDINALITY AS r(row, n) USING (n)
+                 ON CONFLICT DO NOTHING
+                 RETURNING batch_row"
+            )))
+            .bind(new.client_id)
+            .bind(id)
+            .bind(new.awaiting_approval)
+            .bind(&rows)
+            .fetch_all(&mut *tx)
+            .await?;
         if stored.len() != n {
             // A payout with one of these external ids was stored since the check above (a
             // single payout or another batch): nothing of this batch is kept.
@@ -393,7 +370,7 @@ pub async fn create(pool: &PgPool, new: &NewBatch<'_>) -> Result<CreateBatch, St
         )
         .bind(id)
         .bind(reason)
-        .bind(&ids)
+        .bind(&columns.ids)
         .bind(&rows)
         .execute(&mut *tx)
         .await?;

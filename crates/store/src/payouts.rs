@@ -9,6 +9,18 @@ use crate::row::{RawPayoutRow, payout_columns};
 use crate::transitions::insert_event;
 use crate::{PayoutRow, StoreError, WAKE_CHANNEL};
 
+/// The unnest of [`NewPayoutColumns`] as `$1` .. `$8`, with the row number `n` (1-based, in push
+/// order): `u(id, external_id, request_hash, provider, account, amount, currency, destination, n)`.
+/// A macro, so that statements stay `&'static str`.
+macro_rules! new_payout_columns {
+    () => {
+        "unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::numeric[], $7::text[],
+                $8::jsonb[]) WITH ORDINALITY
+            AS u(id, external_id, request_hash, provider, account, amount, currency, destination, n)"
+    };
+}
+pub(crate) use new_payout_columns;
+
 /// Everything needed to store a new payout.
 #[derive(Debug, Clone)]
 pub struct Enqueue<'a> {
@@ -218,62 +230,38 @@ pub async fn enqueue_batch(
     pool: &PgPool,
     items: &[Enqueue<'_>],
 ) -> Result<Vec<Result<EnqueueResult, StoreError>>, StoreError> {
-    let mut ids = Vec::with_capacity(items.len());
+    let mut columns = NewPayoutColumns::default();
     let mut clients = Vec::with_capacity(items.len());
-    let mut external_ids = Vec::with_capacity(items.len());
     let mut keys = Vec::with_capacity(items.len());
-    let mut hashes = Vec::with_capacity(items.len());
-    let mut providers = Vec::with_capacity(items.len());
-    let mut accounts = Vec::with_capacity(items.len());
-    let mut amounts = Vec::with_capacity(items.len());
-    let mut currencies = Vec::with_capacity(items.len());
-    let mut destinations = Vec::with_capacity(items.len());
     let mut traceparents = Vec::with_capacity(items.len());
     for e in items {
-        ids.push(Uuid::now_v7());
+        columns.push(e.payout, e.request_hash, e.account)?;
         clients.push(e.client_id);
-        external_ids.push(e.payout.external_id.as_str());
         keys.push(e.idempotency_key);
-        hashes.push(e.request_hash.to_vec());
-        providers.push(e.payout.provider.as_str());
-        accounts.push(e.account);
-        amounts.push(e.payout.money.amount());
-        currencies.push(e.payout.money.currency().code());
-        destinations.push(
-            serde_json::to_value(&e.payout.destination)
-                .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-        );
         traceparents.push(e.traceparent);
     }
     let mut tx = pool.begin().await?;
     // In item order, so that of two items with the same key the earlier one is stored.
-    let inserted: Vec<RawPayoutRow> = sqlx::query_as(concat!(
-        "INSERT INTO payouts (id, client_id, external_id, idempotency_key, request_hash, provider,
-                              account, amount, currency, destination, state, next_run_at, traceparent)
-         SELECT u.id, u.client_id, u.external_id, u.idempotency_key, u.request_hash, u.provider, u.account,
-                u.amount, u.currency, u.destination, 'pending', now(), u.traceparent
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[],
-                       $8::numeric[], $9::text[], $10::jsonb[], $11::text[]) WITH ORDINALITY
-                AS u(id, client_id, external_id, idempotency_key, request_hash, provider, account, amount,
-                     currency, destination, traceparent, n)
-          ORDER BY u.n
-         ON CONFLICT DO NOTHING
-         RETURNING ",
-        payout_columns!()
-    ))
-    .bind(&ids)
-    .bind(&clients)
-    .bind(&external_ids)
-    .bind(&keys)
-    .bind(&hashes)
-    .bind(&providers)
-    .bind(&accounts)
-    .bind(&amounts)
-    .bind(&currencies)
-    .bind(&destinations)
-    .bind(&traceparents)
-    .fetch_all(&mut *tx)
-    .await?;
+    let inserted: Vec<RawPayoutRow> = columns
+        .bind(sqlx::query_as(concat!(
+            "INSERT INTO payouts (id, client_id, external_id, idempotency_key, request_hash, provider,
+                                  account, amount, currency, destination, state, next_run_at, traceparent)
+             SELECT u.id, c.client_id, u.external_id, c.idempotency_key, u.request_hash, u.provider, u.account,
+                    u.amount, u.currency, u.destination, 'pending', now(), c.traceparent
+               FROM ",
+            new_payout_columns!(),
+            " JOIN unnest($9::text[], $10::text[], $11::text[]) WITH ORDINALITY
+                    AS c(client_id, idempotency_key, traceparent, n) USING (n)
+              ORDER BY n
+             ON CONFLICT DO NOTHING
+             RETURNING ",
+            payout_columns!()
+        )))
+        .bind(&clients)
+        .bind(&keys)
+        .bind(&traceparents)
+        .fetch_all(&mut *tx)
+        .await?;
     let stored: Vec<Uuid> = inserted.iter().map(RawPayoutRow::id).collect();
     if !stored.is_empty() {
         sqlx::query(
@@ -291,11 +279,62 @@ pub async fn enqueue_batch(
     let mut rows: std::collections::HashMap<Uuid, RawPayoutRow> =
         inserted.into_iter().map(|raw| (raw.id(), raw)).collect();
     let mut results = Vec::with_capacity(items.len());
-    for (e, id) in items.iter().zip(&ids) {
+    for (e, id) in items.iter().zip(&columns.ids) {
         results.push(match rows.remove(id) {
             Some(raw) => PayoutRow::try_from(raw).map(EnqueueResult::Created),
             None => existing(pool, e).await,
         });
     }
     Ok(results)
+}
+
+/// New payouts as one array per column, for the inserts that store many in one statement (the
+/// API's group commit, batch uploads). Bound as `$1` .. `$8` (see [`new_payout_columns`]).
+#[derive(Default)]
+pub(crate) struct NewPayoutColumns<'a> {
+    pub ids: Vec<Uuid>,
+    external_ids: Vec<&'a str>,
+    hashes: Vec<Vec<u8>>,
+    providers: Vec<&'a str>,
+    accounts: Vec<&'a str>,
+    amounts: Vec<rust_decimal::Decimal>,
+    currencies: Vec<&'static str>,
+    destinations: Vec<serde_json::Value>,
+}
+
+impl<'a> NewPayoutColumns<'a> {
+    /// Adds a payout under a new id.
+    pub fn push(
+        &mut self,
+        payout: &'a NewPayout,
+        request_hash: &[u8],
+        account: &'a str,
+    ) -> Result<(), StoreError> {
+        self.ids.push(Uuid::now_v7());
+        self.external_ids.push(payout.external_id.as_str());
+        self.hashes.push(request_hash.to_vec());
+        self.providers.push(payout.provider.as_str());
+        self.accounts.push(account);
+        self.amounts.push(payout.money.amount());
+        self.currencies.push(payout.money.currency().code());
+        self.destinations
+            .push(serde_json::to_value(&payout.destination).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        Ok(())
+    }
+
+    /// Binds the arrays as the statement's first eight parameters.
+    pub fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.external_ids)
+            .bind(&self.hashes)
+            .bind(&self.providers)
+            .bind(&self.accounts)
+            .bind(&self.amounts)
+            .bind(&self.currencies)
+            .bind(&self.destinations)
+    }
 }
