@@ -33,6 +33,7 @@ pub async fn run(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow::Result<R
     let connectors = setup::only(Arc::new(InstantConnector {
         paid_on_submit: true,
         status_interval: Duration::from_secs(30),
+        checks: None,
     }));
     let api = Api::start(db.pool(args.pool).await?, &connectors).await?;
     let token = api_tokens::create(&db.pool, "bench", "bench", &["*".to_owned()], None).await?;

@@ -2,6 +2,7 @@
 //! provider in the way. `check` says go, `submit` says paid (or accepted, for the figure that
 //! keeps payouts waiting at the provider), `status` says processing.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,6 +19,9 @@ pub struct Instant {
     /// Whether submit finishes the payout (engine floor) or leaves it waiting (RSS figure).
     pub paid_on_submit: bool,
     pub status_interval: Duration,
+    /// When set, the wall-clock time of every `check` call is noted here (the pickup figure:
+    /// a step's first provider call comes right after its claim).
+    pub checks: Option<Arc<Mutex<Vec<DateTime<Utc>>>>>,
 }
 
 impl Connector for Instant {
@@ -34,6 +38,9 @@ impl Connector for Instant {
     }
 
     fn check<'a>(&'a self, _: &'a PayoutForProvider) -> BoxFuture<'a, Result<CheckOutcome, ProviderError>> {
+        if let Some(checks) = &self.checks {
+            checks.lock().unwrap_or_else(PoisonError::into_inner).push(Utc::now());
+        }
         Box::pin(async { Ok(CheckOutcome::Go) })
     }
 

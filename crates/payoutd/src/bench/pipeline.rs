@@ -129,6 +129,7 @@ pub async fn engine_floor(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow:
     let connectors = setup::only(Arc::new(InstantConnector {
         paid_on_submit: true,
         status_interval: Duration::from_secs(30),
+        checks: None,
     }));
     let d = drain(&db, &connectors, args).await?;
     db.drop_now().await?;

@@ -33,8 +33,11 @@ pub async fn run(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow::Result<R
     sqlx::query("ANALYZE payouts").execute(&db.pool).await?;
     // Lease 2 s, heartbeat 0.5 s, margin 0.3 s, timeout 0.1 s: a 3 s interval is allowed.
     let interval = Duration::from_secs(3);
-    let connectors =
-        setup::only(Arc::new(InstantConnector { paid_on_submit: false, status_interval: interval }));
+    let connectors = setup::only(Arc::new(InstantConnector {
+        paid_on_submit: false,
+        status_interval: interval,
+        checks: None,
+    }));
     let mut config = setup::engine(0, args.concurrency, args.calls_per_second);
     config.lease = Duration::from_secs(2);
     config.heartbeat_every = Duration::from_millis(500);
