@@ -8,13 +8,12 @@
 //! before any provider call that depends on the write (rule 3: the intent and "submit started"
 //! are committed first).
 
-use std::sync::Arc;
-
+use payoutd_store::group_commit;
 use payoutd_store::queue::Lease;
 use payoutd_store::transition_batch::{self, ItemResult};
 use payoutd_store::transitions::{self, Transition};
 use payoutd_store::{PgPool, StoreError};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -40,9 +39,10 @@ pub struct TransitionWriter {
 impl TransitionWriter {
     /// Starts the lanes on `pool`.
     pub fn start(pool: PgPool) -> (Self, Vec<JoinHandle<()>>) {
-        let (requests, receiver) = mpsc::unbounded_channel();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let lanes = (0..LANES).map(|_| tokio::spawn(lane(pool.clone(), receiver.clone()))).collect();
+        let (requests, lanes) = group_commit::start_lanes(LANES, MAX_BATCH, move |batch| {
+            let pool = pool.clone();
+            async move { write_batch(&pool, batch).await }
+        });
         (Self { requests }, lanes)
     }
 
@@ -68,20 +68,6 @@ impl TransitionWriter {
         }
         .instrument(span)
         .await
-    }
-}
-
-/// One lane: take what is waiting, commit it, answer, repeat.
-async fn lane(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>) {
-    loop {
-        let mut batch = Vec::new();
-        {
-            let mut receiver = receiver.lock().await;
-            if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return; // every handle dropped and nothing left
-            }
-        }
-        write_batch(&pool, batch).await;
     }
 }
 

@@ -4,12 +4,11 @@
 //! payout answered 201 is on disk exactly as with one commit per request. An idle server's
 //! single request goes out at once, with no added wait.
 
-use std::sync::Arc;
-
 use payoutd_store::client_limits::{self, LimitedEnqueue};
+use payoutd_store::group_commit;
 use payoutd_store::payouts::{Enqueue, OwnedEnqueue};
 use payoutd_store::{PgPool, StoreError};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// Most payouts one commit carries.
 const MAX_BATCH: usize = 256;
@@ -28,11 +27,10 @@ pub struct EnqueueBatcher {
 impl EnqueueBatcher {
     /// Starts the lanes on `pool` (inside a Tokio runtime).
     pub fn start(pool: PgPool) -> Self {
-        let (requests, receiver) = mpsc::unbounded_channel();
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..LANES {
-            tokio::spawn(lane(pool.clone(), receiver.clone()));
-        }
+        let (requests, _lanes) = group_commit::start_lanes(LANES, MAX_BATCH, move |batch| {
+            let pool = pool.clone();
+            async move { store(&pool, batch).await }
+        });
         Self { requests }
     }
 
@@ -46,21 +44,6 @@ impl EnqueueBatcher {
     }
 }
 
-type Receiver = Arc<Mutex<mpsc::UnboundedReceiver<(OwnedEnqueue, Reply)>>>;
-
-async fn lane(pool: PgPool, receiver: Receiver) {
-    loop {
-        let mut batch = Vec::new();
-        {
-            let mut receiver = receiver.lock().await;
-            if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
-            }
-        }
-        store(&pool, batch).await;
-    }
-}
-
 async fn store(pool: &PgPool, batch: Vec<(OwnedEnqueue, Reply)>) {
     let items: Vec<Enqueue<'_>> = batch.iter().map(|(e, _)| e.as_enqueue()).collect();
     match client_limits::enqueue_many(pool, &items).await {
@@ -69,8 +52,9 @@ async fn store(pool: &PgPool, batch: Vec<(OwnedEnqueue, Reply)>) {
                 let _ = reply.send(result);
             }
         }
-        // The database failed the whole commit (nothing of it stored): each payout alone, so
-        // that one bad row fails only its own request.
+        // The whole commit failed: each payout alone, so that one bad row fails only its own
+        // request. Safe even if the commit happened after all (a lost connection): a payout
+        // already stored is found by its key and answered as a replay.
         Err(e) if batch.len() > 1 => {
             tracing::warn!(error = %e, payouts = batch.len(), "enqueue batch failed; storing its payouts one by one");
             for (payout, reply) in batch {

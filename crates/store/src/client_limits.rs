@@ -343,23 +343,22 @@ pub async fn enqueue_many(
             .bind(&clients)
             .fetch_all(pool)
             .await?;
-    let (limited, free): (Vec<usize>, Vec<usize>) =
-        (0..items.len()).partition(|i| with_limits.iter().any(|c| c == items[*i].client_id));
-    let mut results: Vec<Option<Result<LimitedEnqueue, StoreError>>> =
-        (0..items.len()).map(|_| None).collect();
-    if !free.is_empty() {
-        let batch: Vec<Enqueue<'_>> = free.iter().map(|i| items[*i].clone()).collect();
-        for (i, result) in free.iter().zip(payouts::enqueue_batch(pool, &batch).await?) {
-            results[*i] = Some(result.map(|r| LimitedEnqueue::Done(Box::new(r))));
-        }
+    let limited = |e: &Enqueue<'_>| with_limits.iter().any(|c| c == e.client_id);
+    let free: Vec<Enqueue<'_>> = items.iter().filter(|e| !limited(e)).cloned().collect();
+    let mut stored = if free.is_empty() { Vec::new() } else { payouts::enqueue_batch(pool, &free).await? };
+    stored.reverse();
+    let mut results = Vec::with_capacity(items.len());
+    for e in items {
+        results.push(if limited(e) {
+            enqueue(pool, e).await
+        } else {
+            // One result per item of the batch, in order.
+            let stored =
+                stored.pop().ok_or_else(|| StoreError::Corrupt("enqueue batch lost an item".into()))?;
+            stored.map(|r| LimitedEnqueue::Done(Box::new(r)))
+        });
     }
-    for i in limited {
-        results[i] = Some(enqueue(pool, &items[i]).await);
-    }
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(StoreError::Corrupt("enqueue lost".into()))))
-        .collect())
+    Ok(results)
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! - [`queue`]: claiming due payouts (`FOR UPDATE SKIP LOCKED`), lease heartbeats and release.
 //! - [`transitions`]: fenced state changes, each with its audit event, in one transaction;
-//!   [`transition_batch`]: many payouts' transitions in one commit (group commit).
+//!   [`transition_batch`]: many payouts' transitions in one commit (group commit);
+//!   [`group_commit`]: the lanes that collect writes for such commits.
 //! - [`payouts`]: inserting (idempotently) and reading payouts and their timelines.
 //! - [`callbacks`]: storing and applying provider callbacks in one transaction.
 //! - [`api_tokens`]: payoutd's own client tokens, stored hashed.
@@ -35,6 +36,7 @@ pub mod client_limits;
 pub mod console_sessions;
 pub mod credentials;
 mod error;
+pub mod group_commit;
 pub mod health;
 pub mod operator;
 pub mod operator_bulk;

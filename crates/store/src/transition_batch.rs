@@ -213,8 +213,11 @@ pub async fn apply_batch(
         let Some((lease, t)) = items.get(ord) else {
             return Err(StoreError::Corrupt(format!("batch write returned an unknown item {u_ord}")));
         };
-        for (from, to, reason) in t.moves() {
-            events.push(lease, from, to, &t.actor, reason, if to == t.to { t.detail.clone() } else { None });
+        // The detail belongs to the transition's own move, the last one.
+        let moves = t.moves();
+        let last = moves.len().saturating_sub(1);
+        for (n, (from, to, reason)) in moves.into_iter().enumerate() {
+            events.push(lease, from, to, &t.actor, reason, if n == last { t.detail.clone() } else { None });
         }
         if t.submit_start.is_some() {
             let attempt = raw.submit_attempts();

@@ -107,19 +107,7 @@ pub async fn end_to_end(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow::R
     if executed_twice > 0 {
         notes.push_str(&format!("; EXECUTED TWICE: {executed_twice}"));
     }
-    Ok(Row {
-        figure: "1 end to end, zero-latency sandbox",
-        result: format!(
-            "{:.0} payouts/s; to final p50 {:.0} ms p99 {:.0} ms",
-            d.rate(),
-            d.p50 * 1000.0,
-            d.p99 * 1000.0
-        ),
-        rate: Some(d.rate()),
-        ratio: None,
-        per: Some(d.cost.per(d.payouts)),
-        notes,
-    })
+    Ok(d.row("1 end to end, zero-latency sandbox", notes))
 }
 
 /// Figure 3: the instant connector, no HTTP.
@@ -141,22 +129,27 @@ pub async fn engine_floor(admin: &PgConnectOptions, args: &BenchArgs) -> anyhow:
         d.cost.rate_limit_writes as f64 / calls as f64
     );
     notes.push_str(&problems(&d));
-    Ok(Row {
-        figure: "3 engine floor, instant connector",
-        result: format!(
-            "{:.0} payouts/s; to final p50 {:.0} ms p99 {:.0} ms",
-            d.rate(),
-            d.p50 * 1000.0,
-            d.p99 * 1000.0
-        ),
-        rate: Some(d.rate()),
-        ratio: None,
-        per: Some(d.cost.per(d.payouts)),
-        notes,
-    })
+    Ok(d.row("3 engine floor, instant connector", notes))
 }
 
 impl Drain {
+    /// The table row of a drain: throughput, time to final and cost per payout.
+    fn row(&self, figure: &'static str, notes: String) -> Row {
+        Row {
+            figure,
+            result: format!(
+                "{:.0} payouts/s; to final p50 {:.0} ms p99 {:.0} ms",
+                self.rate(),
+                self.p50 * 1000.0,
+                self.p99 * 1000.0
+            ),
+            rate: Some(self.rate()),
+            ratio: None,
+            per: Some(self.cost.per(self.payouts)),
+            notes,
+        }
+    }
+
     /// Payouts finished per second (all of them, unless the time limit cut the run short).
     fn rate(&self) -> f64 {
         (self.payouts as i64 - self.unfinished).max(0) as f64 / self.took.as_secs_f64()
